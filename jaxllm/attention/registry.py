@@ -1,0 +1,94 @@
+"""The single attention dispatch site: method name -> implementation.
+
+Every attention method is a pure function ``fn(q, k, v, *, impl, causal, **kw)`` with
+q [B, T, H, D] and k, v [B, S, Hkv, D]. Methods register themselves here; models only ever call
+:func:`attention`, so a config string is all it takes to swap the method.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+from typing import Callable
+
+import jax
+
+IMPLS = ("xla", "pallas", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+  name: str
+  fn: Callable
+  impls: tuple[str, ...]
+  options: tuple[str, ...]
+
+
+_REGISTRY: dict[str, Method] = {}
+# Read-only live view: `sorted(METHODS)`, `name in METHODS`.
+METHODS = types.MappingProxyType(_REGISTRY)
+
+
+def register(name: str, fn: Callable, impls: tuple[str, ...] = ("xla", "auto")) -> Callable:
+  """Registers ``fn`` under ``name``; ``impls`` lists the implementations it accepts."""
+  bad = [i for i in impls if i not in IMPLS]
+  if bad:
+    raise ValueError(f"attention method {name!r}: unknown impls {bad}; allowed: {list(IMPLS)}")
+  params = inspect.signature(fn).parameters
+  options = tuple(
+      p for p, spec in params.items()
+      if spec.kind is inspect.Parameter.KEYWORD_ONLY and p not in ("impl", "causal"))
+  _REGISTRY[name] = Method(name, fn, tuple(impls), options)
+  return fn
+
+
+def get(name: str) -> Method:
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown attention method {name!r}; valid methods: {sorted(_REGISTRY)}")
+  return _REGISTRY[name]
+
+
+def check_shapes(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
+  """Validates q [B, T, H, D], k/v [B, S, Hkv, D] with Hkv dividing H."""
+  if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+    raise ValueError(
+        "attention expects q [B, T, H, D] and k, v [B, S, Hkv, D]; got ranks "
+        f"q {q.ndim}, k {k.ndim}, v {v.ndim}")
+  if k.shape != v.shape:
+    raise ValueError(f"attention: k and v shapes differ: k {k.shape}, v {v.shape}")
+  if q.shape[0] != k.shape[0]:
+    raise ValueError(f"attention: batch differs: q {q.shape[0]}, k/v {k.shape[0]}")
+  if q.shape[-1] != k.shape[-1]:
+    raise ValueError(f"attention: head dim differs: q {q.shape[-1]}, k/v {k.shape[-1]}")
+  h, hkv = q.shape[2], k.shape[2]
+  if hkv == 0 or h % hkv:
+    raise ValueError(
+        f"attention: query heads H={h} must be a multiple of key/value heads Hkv={hkv} (GQA)")
+
+
+def attention(q, k, v, *, method: str = "dense", impl: str = "auto", causal: bool = True, **kw):
+  """Computes attention with the named method.
+
+  Args:
+    q: [B, T, H, D] queries.
+    k, v: [B, S, Hkv, D] keys and values; H must be a multiple of Hkv (grouped-query attention).
+    method: a name in :data:`METHODS`.
+    impl: ``xla`` (plain-jnp reference), ``pallas`` (kernel) or ``auto`` (the fastest that fits
+      the backend and shapes, falling back to the reference).
+    causal: queries are the last T positions of the S keys and see only keys at or before them.
+    **kw: method options (e.g. ``window``, ``sinks``, ``softcap`` for ``dense``).
+
+  Returns:
+    [B, T, H, D] outputs in q's dtype.
+  """
+  m = get(method)
+  if impl not in m.impls:
+    raise ValueError(
+        f"attention method {method!r} has no impl {impl!r}; available: {list(m.impls)}")
+  unknown = sorted(set(kw) - set(m.options))
+  if unknown:
+    raise ValueError(
+        f"attention method {method!r} got unknown options {unknown}; allowed: {list(m.options)}")
+  check_shapes(q, k, v)
+  return m.fn(q, k, v, impl=impl, causal=causal, **kw)
