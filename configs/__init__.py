@@ -1,1 +1,1 @@
-"""configs."""
+"""Python config files: get_config(arg) with a smoke variant."""

@@ -1,1 +1,1 @@
-"""experiments."""
+"""Experiments: one module per study or run, each exposing run(config, workdir) -> dict."""

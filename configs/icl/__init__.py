@@ -1,1 +1,1 @@
-"""icl."""
+"""Configs of the in-context-learning studies."""

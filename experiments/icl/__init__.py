@@ -1,1 +1,1 @@
-"""icl."""
+"""In-context-learning theory studies."""

@@ -1,1 +1,1 @@
-"""data."""
+"""Synthetic task generators and LM text pipelines."""

@@ -1,1 +1,1 @@
-"""inference."""
+"""KV cache, prefill/decode loop and cache eviction policies."""

@@ -1,1 +1,1 @@
-"""interop."""
+"""Import of public checkpoints into jaxllm models."""

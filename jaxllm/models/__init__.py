@@ -1,1 +1,1 @@
-"""models."""
+"""Flax NNX models: the decoder-only transformer and the theory-study models."""

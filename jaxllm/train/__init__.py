@@ -1,1 +1,1 @@
-"""train."""
+"""Training loop, checkpointing and metric writers."""

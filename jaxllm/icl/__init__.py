@@ -1,0 +1,1 @@
+"""In-context-learning estimators: the algorithms the ICL studies compare transformers with."""
