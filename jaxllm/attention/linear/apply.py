@@ -1,0 +1,74 @@
+"""Runs a resolved :class:`Spec` on attention-API tensors (GQA, feature map, scale, prefixes)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxllm.attention.linear import feature_maps, forms
+from jaxllm.attention.linear.options import Spec
+
+IMPLS = ("xla", "pallas", "auto")
+
+
+def resolve_impl(impl: str, form: str) -> tuple[str, bool]:
+  """(impl to run, interpret flag): ``auto`` takes the kernel on GPU/TPU for the chunked form."""
+  on_device = jax.default_backend() in ("gpu", "tpu")
+  if impl == "auto":
+    return ("pallas" if on_device and form == "chunked" else "xla"), False
+  if impl not in IMPLS:
+    raise ValueError(f"linear attention: impl must be one of {list(IMPLS)}, got {impl!r}")
+  return impl, impl == "pallas" and not on_device
+
+
+def expand_kv(x_BSKD, num_heads):
+  """Repeats key/value heads for grouped-query attention: the decay is per query head."""
+  g = num_heads // x_BSKD.shape[2]
+  return x_BSKD if g == 1 else jnp.repeat(x_BSKD, g, axis=2)
+
+
+def featurize(q, k, spec: Spec):
+  phi = feature_maps.feature_map(spec.feature_map)
+  q = phi(q.astype(jnp.float32)) * spec.scale
+  return q, phi(k.astype(jnp.float32))
+
+
+def apply(q, k, v, spec: Spec, *, causal=True, form="chunked", chunk_size=64, impl="auto",
+          initial_state=None):
+  """Decayed linear attention of q [B, T, H, D] over k, v [B, S, Hkv, D].
+
+  Causal queries are the last T of the S positions (as in the dense reference); the first S - T
+  keys only feed the state. Non-causal attention (every query sees every key) ignores the decay;
+  the registered methods allow it only where there is none.
+
+  Returns:
+    (o [B, T, H, D] float32, final state [B, H, D, D (+1 if normalised)] float32).
+  """
+  b, t, h, _ = q.shape
+  s = k.shape[1]
+  if t > s:
+    raise ValueError(f"linear attention: more queries than keys (T={t} > S={s})")
+  k, v = expand_kv(k, h), expand_kv(v, h)
+  q, k = featurize(q, k, spec)
+  if not causal:
+    return _global(q, k, v, spec, initial_state)
+  if t < s:
+    q = jnp.pad(q, ((0, 0), (s - t, 0), (0, 0), (0, 0)))
+  impl, interpret = resolve_impl(impl, form)
+  o, state = forms.attend(q, k, v, spec.log_decay, form=form, chunk_size=chunk_size,
+                          normalize=spec.normalize, eps=spec.eps, initial_state=initial_state,
+                          impl=impl, interpret=interpret)
+  return o[:, s - t:], state
+
+
+def _global(q, k, v, spec, initial_state):
+  """Non-causal linear attention: o_t = phi(q_t)^T S_S for every t."""
+  if spec.normalize:
+    v = jnp.concatenate([v.astype(jnp.float32), jnp.ones(v.shape[:-1] + (1,), jnp.float32)], -1)
+  state = jnp.einsum("bshd,bshe->bhde", k, v.astype(jnp.float32))
+  if initial_state is not None:
+    state += initial_state
+  o = jnp.einsum("bthd,bhde->bthe", q, state)
+  if spec.normalize:
+    o = o[..., :-1] / (o[..., -1:] + spec.eps)
+  return o, state

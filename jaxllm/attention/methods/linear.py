@@ -1,0 +1,97 @@
+"""Linear attention family: ``linear``, ``lightning``, ``retention`` and ``momentum``.
+
+All four share the decayed linear recurrence of :mod:`jaxllm.attention.linear.forms` and accept
+``form`` (``parallel`` | ``chunked`` | ``recurrent``) and ``chunk_size``. ``impl='pallas'`` runs the
+chunk kernel (interpret mode on CPU); ``auto`` takes it on GPU/TPU for the chunked form.
+"""
+
+import math
+
+import jax.numpy as jnp
+
+from jaxllm.attention.linear import apply as apply_lib
+from jaxllm.attention.linear import forms, options
+from jaxllm.attention.methods import dense as dense_lib
+from jaxllm.attention.registry import register
+
+
+def _check_form(method, form, chunk_size):
+  if form not in forms.FORMS:
+    raise ValueError(f"{method} attention: form must be one of {sorted(forms.FORMS)}, got {form!r}")
+  if not isinstance(chunk_size, int) or chunk_size < 1:
+    raise ValueError(f"{method} attention: chunk_size must be a positive int, got {chunk_size!r}")
+
+
+def _run(method, q, k, v, spec, *, impl, causal, form, chunk_size):
+  _check_form(method, form, chunk_size)
+  o, _ = apply_lib.apply(q, k, v, spec, causal=causal, form=form, chunk_size=chunk_size,
+                         impl=impl)
+  return o.astype(q.dtype)
+
+
+def _require_causal(method, causal):
+  if not causal:
+    raise ValueError(f"{method} attention: causal must be True (the decay orders the tokens)")
+
+
+def linear(q, k, v, *, impl="auto", causal=True, feature_map="elu1", normalize=True, decay=None,
+           form="chunked", chunk_size=64, scale=None, eps=1e-6):
+  """Kernelized linear attention phi(q)^T S_t / phi(q)^T z_t (normaliser optional).
+
+  ``feature_map`` in {elu1, relu, identity}; ``decay`` (float or [H] in (0, 1]) adds a per-head
+  decay to the state; causal=False is plain global linear attention and allows no decay.
+  """
+  if not causal and decay is not None:
+    raise ValueError("linear attention: causal=False needs decay=None (a decay orders the tokens)")
+  spec = options.linear_spec(q.shape[2], q.shape[3], feature_map=feature_map,
+                             normalize=normalize, decay=decay, scale=scale, eps=eps)
+  return _run("linear", q, k, v, spec, impl=impl, causal=causal, form=form, chunk_size=chunk_size)
+
+
+def lightning(q, k, v, *, impl="auto", causal=True, layer_index=0, num_layers=1, decay=None,
+              feature_map="identity", form="chunked", chunk_size=64, scale=None):
+  """Lightning attention: no normaliser, decay exp(-(8/H) h (1 - l/L)) unless ``decay`` is given."""
+  _require_causal("lightning", causal)
+  spec = options.lightning_spec(q.shape[2], q.shape[3], layer_index=layer_index,
+                                num_layers=num_layers, decay=decay, feature_map=feature_map,
+                                scale=scale)
+  return _run("lightning", q, k, v, spec, impl=impl, causal=causal, form=form,
+              chunk_size=chunk_size)
+
+
+def retention(q, k, v, *, impl="auto", causal=True, decay=None, feature_map="identity",
+              form="chunked", chunk_size=64, scale=None):
+  """RetNet retention: decay gamma_h = 1 - 2^(-5-h) unless ``decay`` is given, no normaliser."""
+  _require_causal("retention", causal)
+  spec = options.retention_spec(q.shape[2], q.shape[3], decay=decay, feature_map=feature_map,
+                                scale=scale)
+  return _run("retention", q, k, v, spec, impl=impl, causal=causal, form=form,
+              chunk_size=chunk_size)
+
+
+def momentum(q, k, v, *, impl="auto", causal=True, eta=None, form="chunked", chunk_size=64,
+             scale=None):
+  """Momentum attention: softmax attention + sum_{i<t} eta^(t-i) v_i (Dai et al.).
+
+  The momentum term is a decayed linear attention with phi(q) = phi(k) = 1 and decay ``eta`` over
+  the values; ``form`` selects how it is computed. ``eta`` in (0, 1) is required.
+  """
+  _require_causal("momentum", causal)
+  if not isinstance(eta, (int, float)) or not 0 < eta < 1:
+    raise ValueError(f"momentum attention: eta must be a float in (0, 1), got {eta!r}")
+  _check_form("momentum", form, chunk_size)
+  b, t, h, _ = q.shape
+  s, hkv = v.shape[1], v.shape[2]
+  attn = dense_lib.dense(q, k, v, impl=impl, causal=True, scale=scale)
+  ones = jnp.ones((b, s, hkv, 1), jnp.float32)
+  log_eta = jnp.full((hkv,), math.log(eta), jnp.float32)
+  # M_t = sum_{i<=t} eta^(t-i) v_i; the momentum term excludes i = t.
+  m, _ = forms.attend(ones, ones, v, log_eta, form=form, chunk_size=chunk_size)
+  mom = apply_lib.expand_kv((m - v.astype(jnp.float32))[:, s - t:], h)
+  return (attn.astype(jnp.float32) + mom).astype(q.dtype)
+
+
+register("linear", linear, impls=("xla", "pallas", "auto"))
+register("lightning", lightning, impls=("xla", "pallas", "auto"))
+register("retention", retention, impls=("xla", "pallas", "auto"))
+register("momentum", momentum, impls=("xla", "auto"))
