@@ -12,13 +12,20 @@ IMPLS = ("xla", "pallas", "auto")
 
 
 def resolve_impl(impl: str, form: str) -> tuple[str, bool]:
-  """(impl to run, interpret flag): ``auto`` takes the kernel on GPU/TPU for the chunked form."""
-  on_device = jax.default_backend() in ("gpu", "tpu")
-  if impl == "auto":
-    return ("pallas" if on_device and form == "chunked" else "xla"), False
+  """(impl to run, interpret flag).
+
+  ``auto`` takes the GPU chunk kernel for the chunked form on GPU and the jnp forms elsewhere;
+  ``pallas`` runs that kernel, in the interpreter on CPU. There is no TPU (Mosaic) variant.
+  """
   if impl not in IMPLS:
     raise ValueError(f"linear attention: impl must be one of {list(IMPLS)}, got {impl!r}")
-  return impl, impl == "pallas" and not on_device
+  backend = jax.default_backend()
+  if impl == "auto":
+    return ("pallas" if backend == "gpu" and form == "chunked" else "xla"), False
+  if impl == "pallas" and backend == "tpu":
+    raise ValueError("linear attention: impl='pallas' has a GPU kernel only; use 'xla' or 'auto' "
+                     "on TPU")
+  return impl, impl == "pallas" and backend == "cpu"
 
 
 def expand_kv(x_BSKD, num_heads):

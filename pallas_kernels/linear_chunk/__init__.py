@@ -1,0 +1,1 @@
+"""Chunked decayed linear attention (Lightning attention tiling) as Pallas kernels."""
