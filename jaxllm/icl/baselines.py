@@ -1,0 +1,58 @@
+"""Classical in-context regressors, evaluated at every prefix of a prompt.
+
+Each function takes xs [B, k, d] and ys [B, k] and returns predictions [B, k] where entry i predicts
+y_i from the first i pairs (entry 0 sees no example and predicts 0).
+"""
+
+import numpy as np
+
+
+def _by_prefix(xs, ys, fit):
+  b, k, _ = xs.shape
+  preds = np.zeros((b, k), np.float64)
+  for i in range(1, k):
+    w = fit(xs[:, :i].astype(np.float64), ys[:, :i].astype(np.float64))  # [B, d]
+    preds[:, i] = np.einsum("bd,bd->b", xs[:, i], w)
+  return preds
+
+
+def least_squares(xs, ys):
+  """Minimum-norm least squares (the pseudo-inverse solution; interpolates while i < d)."""
+  return _by_prefix(xs, ys, lambda x, y: np.einsum("bdi,bi->bd", np.linalg.pinv(x), y))
+
+
+def ridge(xs, ys, lam: float):
+  """Ridge regression w = (X^T X + lam I)^-1 X^T y (Bayes-optimal for noise variance lam)."""
+  if lam <= 0:
+    raise ValueError(f"ridge lam must be positive, got {lam}")
+
+  def fit(x, y):
+    d = x.shape[-1]
+    gram = np.einsum("bid,bie->bde", x, x) + lam * np.eye(d)
+    return np.linalg.solve(gram, np.einsum("bid,bi->bd", x, y)[..., None])[..., 0]
+
+  return _by_prefix(xs, ys, fit)
+
+
+def averaging(xs, ys):
+  """w = mean_i y_i x_i (one step of gradient descent from zero, up to scale)."""
+  return _by_prefix(xs, ys, lambda x, y: np.einsum("bid,bi->bd", x, y) / x.shape[1])
+
+
+def nearest_neighbours(xs, ys, n_neighbours: int = 3):
+  """Mean y of the ``n_neighbours`` closest previous x (all of them while fewer exist)."""
+  if n_neighbours < 1:
+    raise ValueError(f"n_neighbours must be >= 1, got {n_neighbours}")
+  b, k, _ = xs.shape
+  preds = np.zeros((b, k), np.float64)
+  for i in range(1, k):
+    dist = np.linalg.norm(xs[:, :i] - xs[:, i:i + 1], axis=-1)  # [B, i]
+    m = min(n_neighbours, i)
+    idx = np.argsort(dist, axis=1, kind="stable")[:, :m]
+    preds[:, i] = np.take_along_axis(ys[:, :i], idx, axis=1).mean(axis=1)
+  return preds
+
+
+def squared_error(preds, ys, normalizer: float = 1.0):
+  """Mean over prompts of the squared error at each position, divided by ``normalizer``."""
+  return ((preds - ys) ** 2).mean(axis=0) / normalizer

@@ -1,0 +1,125 @@
+"""Validated transformer configuration (built from the ``model`` block of an experiment config)."""
+
+import dataclasses
+
+import jax.numpy as jnp
+
+POSITIONS = ("learned", "rope", "none")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+IO = ("tokens", "vectors")
+BLOCKS = ("standard",)
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+# Preset block styles; any field can still be overridden.
+STYLES = {
+    "gpt2": dict(positions="learned", norm="layernorm", mlp="gelu", use_bias=True),
+    "llama": dict(positions="rope", norm="rmsnorm", mlp="swiglu", use_bias=False),
+}
+
+
+def _choice(field, value, allowed):
+  if value not in allowed:
+    raise ValueError(f"model.{field}={value!r} is not valid; allowed: {list(allowed)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Decoder-only transformer hyperparameters.
+
+  ``io='tokens'`` embeds token ids and returns vocabulary logits; ``io='vectors'`` reads real
+  vectors in through a linear layer and returns ``output_dim`` reals per position (ICL prompts).
+  """
+  d_model: int = 128
+  num_layers: int = 4
+  num_heads: int = 4
+  num_kv_heads: int | None = None  # None -> num_heads (MHA); fewer -> GQA
+  head_dim: int | None = None  # None -> d_model // num_heads
+  mlp_dim: int | None = None  # None -> 4 d_model (gelu) or 8/3 d_model rounded to 64 (swiglu)
+  max_len: int = 1024
+  io: str = "tokens"
+  vocab_size: int = 0
+  input_dim: int = 0
+  output_dim: int = 0
+  positions: str = "learned"
+  norm: str = "layernorm"
+  mlp: str = "gelu"
+  use_bias: bool = True
+  block: str = "standard"
+  tie_embeddings: bool = False
+  rope_theta: float = 10000.0
+  norm_eps: float = 1e-5
+  attention: str = "dense"
+  attention_impl: str = "auto"
+  attention_options: tuple = ()  # sorted (name, value) pairs, hashable
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    for f in ("d_model", "num_layers", "num_heads", "max_len"):
+      if getattr(self, f) < 1:
+        raise ValueError(f"model.{f} must be >= 1, got {getattr(self, f)}")
+    _choice("positions", self.positions, POSITIONS)
+    _choice("norm", self.norm, NORMS)
+    _choice("mlp", self.mlp, MLPS)
+    _choice("io", self.io, IO)
+    _choice("block", self.block, BLOCKS)
+    _choice("dtype", self.dtype, DTYPES)
+    _choice("param_dtype", self.param_dtype, DTYPES)
+    if self.head_dim is None and self.d_model % self.num_heads:
+      raise ValueError(
+          f"model.d_model={self.d_model} is not divisible by model.num_heads={self.num_heads}; "
+          "change one of them or set model.head_dim")
+    if self.kv_heads < 1 or self.num_heads % self.kv_heads:
+      raise ValueError(
+          f"model.num_heads={self.num_heads} must be a multiple of "
+          f"model.num_kv_heads={self.num_kv_heads}")
+    if self.positions == "rope" and self.dim_per_head % 2:
+      raise ValueError(f"rotary positions need an even head dim, got {self.dim_per_head}")
+    if self.io == "tokens" and self.vocab_size < 1:
+      raise ValueError("model.vocab_size must be >= 1 when model.io='tokens'")
+    if self.io == "vectors" and (self.input_dim < 1 or self.output_dim < 1):
+      raise ValueError("model.input_dim and model.output_dim must be >= 1 when model.io='vectors'")
+    if self.tie_embeddings and self.io != "tokens":
+      raise ValueError("model.tie_embeddings needs model.io='tokens'")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_heads if self.num_kv_heads is None else self.num_kv_heads
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def hidden_dim(self) -> int:
+    if self.mlp_dim:
+      return self.mlp_dim
+    if self.mlp == "swiglu":
+      return 64 * -(-int(8 * self.d_model / 3) // 64)
+    return 4 * self.d_model
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  @property
+  def weight_dtype(self):
+    return DTYPES[self.param_dtype]
+
+  @classmethod
+  def from_config(cls, cfg) -> "TransformerConfig":
+    """Builds from a dict/ConfigDict; ``style`` fills block defaults, unknown keys are errors."""
+    d = dict(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    style = d.pop("style", None)
+    if style is not None:
+      _choice("style", style, STYLES)
+      d = {**STYLES[style], **{k: v for k, v in d.items() if k not in STYLES[style] or v is not None}}
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+      raise ValueError(f"unknown model fields {unknown}; allowed: {sorted(known | {'style'})}")
+    opts = d.get("attention_options") or {}
+    if isinstance(opts, dict):
+      d["attention_options"] = tuple(sorted(opts.items()))
+    return cls(**d)

@@ -1,0 +1,110 @@
+"""Building blocks of the decoder: norms, MLPs, rotary positions, grouped-query attention."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm import attention as attn_api
+from jaxllm.models.config import TransformerConfig
+
+
+def dense_init(std: float):
+  return nnx.initializers.normal(stddev=std)
+
+
+def linear(cfg: TransformerConfig, d_in: int, d_out: int, *, rngs, std: float = 0.02,
+           use_bias: bool | None = None) -> nnx.Linear:
+  return nnx.Linear(
+      d_in, d_out, use_bias=cfg.use_bias if use_bias is None else use_bias,
+      dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, kernel_init=dense_init(std),
+      rngs=rngs)
+
+
+def norm(cfg: TransformerConfig, *, rngs) -> nnx.Module:
+  if cfg.norm == "rmsnorm":
+    return nnx.RMSNorm(cfg.d_model, epsilon=cfg.norm_eps, dtype=cfg.compute_dtype,
+                       param_dtype=cfg.weight_dtype, rngs=rngs)
+  return nnx.LayerNorm(cfg.d_model, epsilon=cfg.norm_eps, use_bias=cfg.use_bias,
+                       dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
+
+
+def rope(x_BTHD: jax.Array, positions_T: jax.Array, theta: float) -> jax.Array:
+  """Rotary embedding (rotate-half convention) applied in float32."""
+  d = x_BTHD.shape[-1]
+  freq = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+  angle_TF = positions_T.astype(jnp.float32)[:, None] * freq[None, :]
+  sin = jnp.sin(angle_TF)[None, :, None, :]
+  cos = jnp.cos(angle_TF)[None, :, None, :]
+  x1, x2 = jnp.split(x_BTHD.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BTHD.dtype)
+
+
+class MLP(nnx.Module):
+  """GELU MLP (GPT-2) or SwiGLU (Llama)."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.kind = cfg.mlp
+    f, d = cfg.hidden_dim, cfg.d_model
+    out_std = 0.02 / math.sqrt(2 * cfg.num_layers)  # GPT-2 residual-projection scaling
+    if cfg.mlp == "swiglu":
+      self.w_gate = linear(cfg, d, f, rngs=rngs)
+      self.w_up = linear(cfg, d, f, rngs=rngs)
+      self.w_down = linear(cfg, f, d, rngs=rngs, std=out_std)
+    else:
+      self.fc_in = linear(cfg, d, f, rngs=rngs)
+      self.fc_out = linear(cfg, f, d, rngs=rngs, std=out_std)
+
+  def __call__(self, x_BTD):
+    if self.kind == "swiglu":
+      return self.w_down(jax.nn.silu(self.w_gate(x_BTD)) * self.w_up(x_BTD))
+    return self.fc_out(jax.nn.gelu(self.fc_in(x_BTD), approximate=True))
+
+
+class Attention(nnx.Module):
+  """Multi-head / grouped-query self-attention calling the one attention dispatch site."""
+
+  def __init__(self, cfg: TransformerConfig, layer_index: int, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    h, hkv, dh, d = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_model
+    self.wq = linear(cfg, d, h * dh, rngs=rngs)
+    self.wk = linear(cfg, d, hkv * dh, rngs=rngs)
+    self.wv = linear(cfg, d, hkv * dh, rngs=rngs)
+    self.wo = linear(cfg, h * dh, d, rngs=rngs, std=0.02 / math.sqrt(2 * cfg.num_layers))
+    options = dict(cfg.attention_options)
+    accepted = attn_api.get(cfg.attention).options
+    # Methods whose math depends on depth (e.g. per-layer decay schedules) get the position.
+    if "layer_index" in accepted:
+      options.setdefault("layer_index", layer_index)
+    if "num_layers" in accepted:
+      options.setdefault("num_layers", cfg.num_layers)
+    self.options = options
+
+  def __call__(self, x_BTD, positions_T):
+    b, t, _ = x_BTD.shape
+    cfg = self.cfg
+    q = self.wq(x_BTD).reshape(b, t, cfg.num_heads, cfg.dim_per_head)
+    k = self.wk(x_BTD).reshape(b, t, cfg.kv_heads, cfg.dim_per_head)
+    v = self.wv(x_BTD).reshape(b, t, cfg.kv_heads, cfg.dim_per_head)
+    if cfg.positions == "rope":
+      q = rope(q, positions_T, cfg.rope_theta)
+      k = rope(k, positions_T, cfg.rope_theta)
+    o = attn_api.attention(q, k, v, method=cfg.attention, impl=cfg.attention_impl, causal=True,
+                           **self.options)
+    return self.wo(o.reshape(b, t, cfg.num_heads * cfg.dim_per_head))
+
+
+class Block(nnx.Module):
+  """Pre-norm decoder block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, cfg: TransformerConfig, layer_index: int, *, rngs: nnx.Rngs):
+    self.attn_norm = norm(cfg, rngs=rngs)
+    self.attn = Attention(cfg, layer_index, rngs=rngs)
+    self.mlp_norm = norm(cfg, rngs=rngs)
+    self.mlp = MLP(cfg, rngs=rngs)
+
+  def __call__(self, x_BTD, positions_T):
+    x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_T)
+    return x_BTD + self.mlp(self.mlp_norm(x_BTD))

@@ -1,0 +1,97 @@
+"""Decoder-only transformer (GPT-2 or Llama style) over the pluggable attention API."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxllm.models import layers
+from jaxllm.models.config import TransformerConfig
+
+# Block classes by ``model.block``; every class takes (cfg, layer_index, *, rngs) and is called
+# as block(x_BTD, positions_T).
+BLOCK_CLASSES = {"standard": layers.Block}
+
+
+class Transformer(nnx.Module):
+  """Token LM (``io='tokens'``) or vector-in/vector-out model for ICL prompts (``io='vectors'``)."""
+
+  def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    d = cfg.d_model
+    if cfg.io == "tokens":
+      self.tok_embed = nnx.Embed(cfg.vocab_size, d, dtype=cfg.compute_dtype,
+                                 param_dtype=cfg.weight_dtype,
+                                 embedding_init=layers.dense_init(0.02), rngs=rngs)
+    else:
+      self.read_in = layers.linear(cfg, cfg.input_dim, d, rngs=rngs, use_bias=True)
+    if cfg.positions == "learned":
+      self.pos_embed = nnx.Embed(cfg.max_len, d, dtype=cfg.compute_dtype,
+                                 param_dtype=cfg.weight_dtype,
+                                 embedding_init=layers.dense_init(0.01), rngs=rngs)
+    block_cls = BLOCK_CLASSES[cfg.block]
+    self.blocks = nnx.List([block_cls(cfg, i, rngs=rngs) for i in range(cfg.num_layers)])
+    self.final_norm = layers.norm(cfg, rngs=rngs)
+    if cfg.io == "tokens":
+      if not cfg.tie_embeddings:
+        self.lm_head = layers.linear(cfg, d, cfg.vocab_size, rngs=rngs, use_bias=False)
+    else:
+      self.read_out = layers.linear(cfg, d, cfg.output_dim, rngs=rngs, use_bias=True)
+
+  def __call__(self, inputs, *, return_hidden: bool = False):
+    """Runs the model.
+
+    Args:
+      inputs: int token ids [B, T] (``io='tokens'``) or real vectors [B, T, input_dim].
+      return_hidden: also return the residual stream after the embedding and after every block.
+
+    Returns:
+      float32 outputs [B, T, vocab_size or output_dim]; with ``return_hidden`` a pair
+      (outputs, hidden) where hidden is a list of num_layers + 1 arrays [B, T, d_model].
+    """
+    cfg = self.cfg
+    t = inputs.shape[1]
+    if t > cfg.max_len and cfg.positions == "learned":
+      raise ValueError(f"sequence length {t} exceeds model.max_len={cfg.max_len}")
+    if cfg.io == "tokens":
+      x_BTD = self.tok_embed(inputs)
+    else:
+      if inputs.shape[-1] != cfg.input_dim:
+        raise ValueError(
+            f"input vectors have dim {inputs.shape[-1]}, model.input_dim={cfg.input_dim}")
+      x_BTD = self.read_in(inputs.astype(cfg.compute_dtype))
+    positions_T = jnp.arange(t)
+    if cfg.positions == "learned":
+      x_BTD = x_BTD + self.pos_embed(positions_T)[None]
+    hidden = [x_BTD]
+    for block in self.blocks:
+      x_BTD = block(x_BTD, positions_T)
+      hidden.append(x_BTD)
+    y_BTD = self.final_norm(x_BTD)
+    if cfg.io == "tokens":
+      if cfg.tie_embeddings:
+        out = self.tok_embed.attend(y_BTD)
+      else:
+        out = self.lm_head(y_BTD)
+    else:
+      out = self.read_out(y_BTD)
+    out = out.astype(jnp.float32)
+    return (out, hidden) if return_hidden else out
+
+
+def build(model_cfg, *, rngs: nnx.Rngs) -> Transformer:
+  """Builds a Transformer from a config dict / ConfigDict / TransformerConfig."""
+  cfg = model_cfg if isinstance(model_cfg, TransformerConfig) else (
+      TransformerConfig.from_config(model_cfg))
+  return Transformer(cfg, rngs=rngs)
+
+
+def count_params(model: nnx.Module, *, non_embedding: bool = False) -> int:
+  """Number of parameters; ``non_embedding`` drops token/position embeddings (Step-Law N)."""
+  state = nnx.state(model, nnx.Param).to_pure_dict()
+  total = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state)[0]:
+    names = [str(getattr(p, "key", p)) for p in path]
+    if non_embedding and any(n in ("tok_embed", "pos_embed") for n in names):
+      continue
+    total += leaf.size
+  return total

@@ -1,0 +1,64 @@
+"""Error vs number of in-context examples for the in-context linear regression study.
+
+  python scripts/figures/fig_icl_linear_regression.py --workdir=runs/icl_linear_regression
+writes <workdir>/icl_linear_regression.png from <workdir>/results.json.
+"""
+
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+STYLE = {
+    "transformer": dict(color="C3", lw=2.2, label="Transformer"),
+    "least_squares": dict(color="C0", ls="--", label="Least squares"),
+    "ridge": dict(color="C2", ls=":", label="Ridge"),
+    "knn3": dict(color="C4", ls="-.", label="3-Nearest neighbours"),
+    "averaging": dict(color="C1", ls="--", label="Averaging"),
+}
+
+
+def plot(results: dict, out_path: str) -> str:
+  d = results["n_dims"]
+  fig, ax = plt.subplots(figsize=(5.5, 4))
+  for name, err in results["errors"].items():
+    err = np.asarray(err)
+    k = np.arange(len(err))
+    ax.plot(k, err, **STYLE.get(name, dict(label=name)))
+    if "stderr" in results:
+      se = np.asarray(results["stderr"][name])
+      ax.fill_between(k, err - se, err + se, alpha=0.15, color=STYLE.get(name, {}).get("color"))
+  ax.axvline(d, color="grey", lw=0.8, ls=":")
+  ax.set_xlabel("in-context examples k")
+  ax.set_ylabel("squared error / d")
+  ax.set_title(f"In-context linear regression, d = {d}")
+  ax.set_ylim(0, 1.25)
+  ax.legend(frameon=False, fontsize=8)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  fig.savefig(out_path, dpi=150)
+  plt.close(fig)
+  return out_path
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--workdir", required=True, help="run directory holding results.json")
+  parser.add_argument("--out", default=None, help="PNG path (default: <workdir>/icl_linear_regression.png)")
+  args = parser.parse_args()
+  path = os.path.join(args.workdir, "results.json")
+  if not os.path.exists(path):
+    raise SystemExit(f"error: no results.json in {args.workdir}; run the experiment first")
+  with open(path) as f:
+    results = json.load(f)
+  out = plot(results, args.out or os.path.join(args.workdir, "icl_linear_regression.png"))
+  print(out)
+
+
+if __name__ == "__main__":
+  main()
