@@ -250,11 +250,30 @@ def vertical_slash(columns, diagonals, *, seq_q: int, seq_k: int, block_q: int, 
   return VerticalSlash(table, col_idx, col_cnt)
 
 
+def _scatter_rows(idx, valid, width: int):
+  """Bool [..., width] with True at the valid entries of ``idx`` [..., n] (no one-hot blow-up)."""
+  lead = idx.shape[:-1]
+  flat = jnp.where(valid, idx, width).reshape(-1, idx.shape[-1])
+  rows = jnp.arange(flat.shape[0])[:, None]
+  out = jnp.zeros((flat.shape[0], width + 1), bool).at[rows, flat].set(True)
+  return out[:, :width].reshape(lead + (width,))
+
+
 def block_mask(table: BlockTable, num_k_blocks: int):
   """Bool [B, H, nq, nk]: the listed key blocks of each query block."""
   slot_ok = jnp.arange(table.max_blocks) < table.kv_cnt[..., None]
-  hit = jax.nn.one_hot(table.kv_idx, num_k_blocks, dtype=jnp.int32) * slot_ok[..., None]
-  return jnp.sum(hit, axis=-2) > 0
+  return _scatter_rows(table.kv_idx, slot_ok, num_k_blocks)
+
+
+def transpose_table(table: BlockTable, num_k_blocks: int):
+  """Query blocks per key block, (q_idx int32 [B, H, nk, nq], q_cnt int32 [B, H, nk]).
+
+  Same conventions as the forward table (ascending, tail repeats the last valid entry); the
+  backward pass walks it to accumulate dk and dv one key block at a time.
+  """
+  by_key = jnp.swapaxes(block_mask(table, num_k_blocks), -1, -2)
+  nq = by_key.shape[-1]
+  return _compact(by_key, jnp.arange(nq, dtype=jnp.int32), nq)
 
 
 def dense_mask(mask: BlockTable | VerticalSlash, seq_q: int, seq_k: int, *, causal: bool):
@@ -266,8 +285,7 @@ def dense_mask(mask: BlockTable | VerticalSlash, seq_q: int, seq_k: int, *, caus
   full = full[:, :, :seq_q, :seq_k]
   if isinstance(mask, VerticalSlash):
     slot_ok = jnp.arange(mask.col_idx.shape[-1]) < mask.col_cnt[..., None]
-    cols = jnp.sum(jax.nn.one_hot(mask.col_idx, seq_k, dtype=jnp.int32) * slot_ok[..., None],
-                   axis=-2) > 0  # [B, H, nq, S]
+    cols = _scatter_rows(mask.col_idx, slot_ok, seq_k)  # [B, H, nq, S]
     full |= jnp.repeat(cols, table.block_q, axis=2)[:, :, :seq_q]
   if causal:
     q_pos = jnp.arange(seq_q) + seq_k - seq_q

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.attention import masks
+from jaxllm.attention.methods import sparse
 from jaxllm.attention.registry import register
 
 
@@ -66,6 +67,10 @@ def dense(q, k, v, *, impl="auto", causal=True, scale=None, window=None, sinks=0
   """Dense attention; optional sliding ``window``, ``sinks`` tokens and logit ``softcap``."""
   _check_options(window, sinks, softcap)
   scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+  if impl == "pallas":
+    # The block-sparse kernel with the full causal (or band) table; interpreted off-GPU.
+    return sparse.banded(q, k, v, impl="pallas", causal=causal, window=window, sinks=sinks,
+                         scale=scale, softcap=softcap)
   if impl == "auto":
     out = _library_kernel(q, k, v, causal=causal, scale=scale, window=window, sinks=sinks,
                           softcap=softcap)
@@ -75,4 +80,4 @@ def dense(q, k, v, *, impl="auto", causal=True, scale=None, window=None, sinks=0
                    softcap=softcap)
 
 
-register("dense", dense, impls=("xla", "auto"))
+register("dense", dense, impls=("xla", "pallas", "auto"))
