@@ -1,0 +1,168 @@
+"""Backward block-sparse flash-attention kernels (Mosaic TPU): one for dq, one for dk and dv.
+
+dq walks the forward table (per query block, its key blocks). dk/dv walks the transposed table
+(per key block, the (query head, query block) pairs that list it), so each kernel accumulates its
+gradient in VMEM and writes it once, with no atomics. Under GQA the dk/dv grid runs over kv heads
+and its table interleaves the query heads of the group, which sums their contributions in place.
+Probabilities are recomputed from the forward's log-sum-exp.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+from pallas_kernels.block_sparse_tpu import masks
+from pallas_kernels.block_sparse_tpu.config import NN_DIMS, NT_DIMS, Config
+
+
+def _dq_kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, lse_ref, do_ref, di_ref, dq_ref, dq_sc, *,
+               cfg: Config, max_blocks: int):
+  b, h, i, j = (pl.program_id(a) for a in range(4))
+  row = (b * cfg.heads + h) * cfg.num_q_blocks + i
+
+  @pl.when(j == 0)
+  def _init():
+    dq_sc[...] = jnp.zeros_like(dq_sc)
+
+  @pl.when(j < cnt_ref[row])
+  def _step():
+    kb = idx_ref[row * max_blocks + j]
+    k, v = k_ref[...], v_ref[...]
+    logits = lax.dot_general(q_ref[...], k, NT_DIMS, preferred_element_type=jnp.float32)
+    logits = logits * cfg.scale
+    ok = masks.tile_visible(i, kb, block_q=cfg.block_q, block_k=cfg.block_k, t=cfg.t, s=cfg.s,
+                            causal=cfg.causal)
+    if ok is not None:
+      logits = jnp.where(ok, logits, -jnp.inf)
+    p = jnp.exp(logits - jnp.expand_dims(lse_ref[0], -1))
+    dp = lax.dot_general(do_ref[...], v, NT_DIMS, preferred_element_type=jnp.float32)
+    ds = p * (dp - jnp.expand_dims(di_ref[0], -1))
+    dq_sc[...] += lax.dot_general(ds.astype(k.dtype), k, NN_DIMS,
+                                  preferred_element_type=jnp.float32)
+
+  @pl.when(j == max_blocks - 1)
+  def _finish():
+    dq_ref[...] = (dq_sc[...] * cfg.scale).astype(dq_ref.dtype)
+
+
+def _dkv_kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, lse_ref, do_ref, di_ref, dk_ref, dv_ref,
+                dk_sc, dv_sc, *, cfg: Config, max_entries: int):
+  b, hk, kb, j = (pl.program_id(a) for a in range(4))
+  row = (b * cfg.kv_heads + hk) * cfg.num_kv_blocks + kb
+
+  @pl.when(j == 0)
+  def _init():
+    dk_sc[...] = jnp.zeros_like(dk_sc)
+    dv_sc[...] = jnp.zeros_like(dv_sc)
+
+  @pl.when(j < cnt_ref[row])
+  def _step():
+    i = lax.rem(idx_ref[row * max_entries + j], cfg.num_q_blocks)
+    q, do = q_ref[...], do_ref[...]
+    # Keys-first tiles [block_k, block_q]: the per-query statistics broadcast along sublanes.
+    logits_t = lax.dot_general(k_ref[...], q, NT_DIMS, preferred_element_type=jnp.float32)
+    logits_t = logits_t * cfg.scale
+    ok = masks.tile_visible(i, kb, block_q=cfg.block_q, block_k=cfg.block_k, t=cfg.t, s=cfg.s,
+                            causal=cfg.causal, keys_first=True)
+    if ok is not None:
+      logits_t = jnp.where(ok, logits_t, -jnp.inf)
+    p_t = jnp.exp(logits_t - lse_ref[...])
+    dv_sc[...] += lax.dot_general(p_t.astype(do.dtype), do, NN_DIMS,
+                                  preferred_element_type=jnp.float32)
+    dp_t = lax.dot_general(v_ref[...], do, NT_DIMS, preferred_element_type=jnp.float32)
+    ds_t = p_t * (dp_t - di_ref[...])
+    dk_sc[...] += lax.dot_general(ds_t.astype(q.dtype), q, NN_DIMS,
+                                  preferred_element_type=jnp.float32)
+
+  @pl.when(j == max_entries - 1)
+  def _finish():
+    dk_ref[...] = (dk_sc[...] * cfg.scale).astype(dk_ref.dtype)
+    dv_ref[...] = dv_sc[...].astype(dv_ref.dtype)
+
+
+def dq(cfg: Config, q_BHTD, k_BKSD, v_BKSD, lse_BH1T, do_BHTD, di_BH1T, kv_idx, kv_cnt):
+  """dq [B, H, T_pad, D] from the forward table; lse and di are [B, H, 1, T_pad] float32."""
+  b, h, t_pad, d = q_BHTD.shape
+  max_blocks = kv_idx.shape[-1]
+  nq, g, bq, bk = cfg.num_q_blocks, cfg.group, cfg.block_q, cfg.block_k
+
+  def q_map(bi, hi, i, j, idx, cnt):
+    del j, idx, cnt
+    return bi, hi, i, 0
+
+  def row_map(bi, hi, i, j, idx, cnt):
+    del j, idx, cnt
+    return bi, hi, 0, i
+
+  def kv_map(bi, hi, i, j, idx, cnt):
+    del cnt
+    return bi, lax.div(hi, g), idx[((bi * h + hi) * nq + i) * max_blocks + j], 0
+
+  q_spec = pl.BlockSpec((None, None, bq, d), q_map)
+  kv_spec = pl.BlockSpec((None, None, bk, d), kv_map)
+  row_spec = pl.BlockSpec((None, None, 1, bq), row_map)
+  grid_spec = pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=2,
+      grid=(b, h, nq, max_blocks),
+      in_specs=[q_spec, kv_spec, kv_spec, row_spec, q_spec, row_spec],
+      out_specs=q_spec,
+      scratch_shapes=[pltpu.VMEM((bq, d), jnp.float32)],
+  )
+  return pl.pallas_call(
+      functools.partial(_dq_kernel, cfg=cfg, max_blocks=max_blocks),
+      grid_spec=grid_spec,
+      out_shape=jax.ShapeDtypeStruct((b, h, t_pad, d), q_BHTD.dtype),
+      compiler_params=pltpu.CompilerParams(
+          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+      interpret=cfg.interpret,
+      name="block_sparse_dq",
+  )(kv_idx.reshape(-1), kv_cnt.reshape(-1), q_BHTD, k_BKSD, v_BKSD, lse_BH1T, do_BHTD, di_BH1T)
+
+
+def dkv(cfg: Config, q_BHTD, k_BKSD, v_BKSD, lse_BH1T, do_BHTD, di_BH1T, q_idx, q_cnt):
+  """(dk, dv) [B, Hkv, S_pad, D] from the transposed table ``q_idx`` [B, Hkv, nk, g * nq]."""
+  b, hk, s_pad, d = k_BKSD.shape
+  max_entries = q_idx.shape[-1]
+  nq, nk, g, bq, bk = cfg.num_q_blocks, cfg.num_kv_blocks, cfg.group, cfg.block_q, cfg.block_k
+
+  def entry(bi, hki, kb, j, idx):
+    return idx[((bi * hk + hki) * nk + kb) * max_entries + j]
+
+  def q_map(bi, hki, kb, j, idx, cnt):
+    del cnt
+    e = entry(bi, hki, kb, j, idx)
+    return bi, hki * g + lax.div(e, nq), lax.rem(e, nq), 0
+
+  def row_map(bi, hki, kb, j, idx, cnt):
+    del cnt
+    e = entry(bi, hki, kb, j, idx)
+    return bi, hki * g + lax.div(e, nq), 0, lax.rem(e, nq)
+
+  def kv_map(bi, hki, kb, j, idx, cnt):
+    del j, idx, cnt
+    return bi, hki, kb, 0
+
+  q_spec = pl.BlockSpec((None, None, bq, d), q_map)
+  kv_spec = pl.BlockSpec((None, None, bk, d), kv_map)
+  row_spec = pl.BlockSpec((None, None, 1, bq), row_map)
+  grid_spec = pltpu.PrefetchScalarGridSpec(
+      num_scalar_prefetch=2,
+      grid=(b, hk, nk, max_entries),
+      in_specs=[q_spec, kv_spec, kv_spec, row_spec, q_spec, row_spec],
+      out_specs=[kv_spec, kv_spec],
+      scratch_shapes=[pltpu.VMEM((bk, d), jnp.float32), pltpu.VMEM((bk, d), jnp.float32)],
+  )
+  return pl.pallas_call(
+      functools.partial(_dkv_kernel, cfg=cfg, max_entries=max_entries),
+      grid_spec=grid_spec,
+      out_shape=[jax.ShapeDtypeStruct((b, hk, s_pad, d), k_BKSD.dtype),
+                 jax.ShapeDtypeStruct((b, hk, s_pad, d), v_BKSD.dtype)],
+      compiler_params=pltpu.CompilerParams(
+          dimension_semantics=("parallel", "parallel", "parallel", "arbitrary")),
+      interpret=cfg.interpret,
+      name="block_sparse_dkv",
+  )(q_idx.reshape(-1), q_cnt.reshape(-1), q_BHTD, k_BKSD, v_BKSD, lse_BH1T, do_BHTD, di_BH1T)

@@ -1,0 +1,178 @@
+"""TPU block-sparse flash attention (Mosaic kernel, run in interpret mode) vs the dense-mask spec."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.pallas import tpu as pltpu
+
+from jaxllm.attention.methods import dense
+from pallas_kernels.block_sparse import masks
+from pallas_kernels.block_sparse import reference
+from pallas_kernels.block_sparse_tpu import ops, tables
+from pallas_kernels.block_sparse_tpu.config import Config
+
+TOL = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2}
+
+
+def _random_table(key, *, b, h, t, s, block_q, block_k, top, causal, empty_rows=0):
+  """Random top-``top`` key blocks per row, the diagonal block forced in under causality."""
+  nq, nk = masks.num_blocks(t, block_q), masks.num_blocks(s, block_k)
+  scores = jax.random.uniform(key, (b, h, nq, nk))
+  if causal:
+    _, last = masks.query_block_positions(t, s, block_q)
+    diag = jnp.asarray(np.minimum(last // block_k, nk - 1))
+    scores = jnp.where(jnp.arange(nk) == diag[:, None], 2.0, scores)
+  table = masks.topk_table(scores, top, seq_q=t, seq_k=s, block_q=block_q, block_k=block_k,
+                           causal=causal)
+  kv_idx, kv_cnt = table.kv_idx, table.kv_cnt
+  if empty_rows:  # the first rows of head 0 attend nothing
+    kv_cnt = kv_cnt.at[:, 0, :empty_rows].set(0)
+    kv_idx = kv_idx.at[:, 0, :empty_rows].set(0)
+  return kv_idx, kv_cnt
+
+
+def _inputs(key, b, t, s, h, hkv, d, dtype):
+  kq, kk, kv, kd = jax.random.split(key, 4)
+  q = jax.random.normal(kq, (b, t, h, d), dtype)
+  k = jax.random.normal(kk, (b, s, hkv, d), dtype)
+  v = jax.random.normal(kv, (b, s, hkv, d), dtype)
+  do = jax.random.normal(kd, (b, t, h, d), dtype)
+  return q, k, v, do
+
+
+def _rel_err(x, y):
+  x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+  return float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-6))
+
+
+def _value_and_vjp(fn, grads, q, k, v, do):
+  """Output and (dq, dk, dv) for cotangent ``do``, in one compiled program (compiles dominate)."""
+
+  def run(q, k, v, do):
+    o, vjp = jax.vjp(fn, q, k, v)
+    return o, (vjp(do) if grads else ())
+
+  return jax.jit(run)(q, k, v, do)
+
+
+def _check(b, t, s, h, hkv, d, dtype, causal, *, top, empty_rows=0, block_q=128, block_k=128,
+           interpret=True, grads=True, seed=0):
+  key_in, key_tab = jax.random.split(jax.random.key(seed))
+  q, k, v, do = _inputs(key_in, b, t, s, h, hkv, d, dtype)
+  kv_idx, kv_cnt = _random_table(key_tab, b=b, h=h, t=t, s=s, block_q=block_q, block_k=block_k,
+                                 top=top, causal=causal, empty_rows=empty_rows)
+  table = masks.BlockTable(kv_idx, kv_cnt, block_q, block_k)
+  kernel = functools.partial(ops.block_sparse_attention_tpu, kv_idx=kv_idx, kv_cnt=kv_cnt,
+                             block_q=block_q, block_k=block_k, causal=causal,
+                             interpret=interpret)
+  spec = lambda q, k, v: reference.attention(q, k, v, table, causal=causal)[0]
+  o, grads = _value_and_vjp(kernel, grads, q, k, v, do)
+  o_ref, grads_ref = _value_and_vjp(spec, grads, q, k, v, do)
+  assert o.shape == q.shape and o.dtype == q.dtype
+  assert _rel_err(o, o_ref) < TOL[dtype]
+  if empty_rows:
+    np.testing.assert_array_equal(np.asarray(o[:, :empty_rows * block_q, 0], np.float32), 0.0)
+  for name, g, g_ref in zip("qkv", grads, grads_ref):
+    assert _rel_err(g, g_ref) < TOL[dtype], f"d{name}"
+
+
+def test_gqa_causal_odd_lengths_float32():
+  # T and S not multiples of the block; queries are the last T of S keys.
+  _check(1, 200, 300, 4, 2, 64, jnp.float32, causal=True, top=2)
+
+
+def test_bidirectional_bfloat16_with_empty_rows():
+  _check(1, 256, 384, 2, 1, 128, jnp.bfloat16, causal=False, top=2, empty_rows=1)
+
+
+def test_full_table_is_dense_attention():
+  b, t, h, hkv, d = 1, 256, 2, 1, 64
+  q, k, v, _ = _inputs(jax.random.key(1), b, t, t, h, hkv, d, jnp.float32)
+  table = masks.causal_table(t, t, block_q=128, block_k=128, batch=b, heads=h)
+  o = ops.block_sparse_attention_tpu(q, k, v, table.kv_idx, table.kv_cnt, block_q=128,
+                                     block_k=128, interpret=True)
+  assert _rel_err(o, dense.reference(q, k, v, causal=True)) < 1e-5
+
+
+def test_tpu_interpreter_simulating_vmem_and_dma():
+  # The TPU interpreter fills uninitialised VMEM with nan and raises on out-of-bounds reads.
+  with pltpu.force_tpu_interpret_mode():
+    _check(1, 160, 256, 2, 1, 64, jnp.float32, causal=True, top=1, interpret=False, grads=False)
+
+
+def test_lowers_to_mosaic_for_tpu():
+  """Forward, dq and dk/dv kernels pass jax's Mosaic lowering (TPU target, from CPU)."""
+  b, t, s, h, hkv, d = 1, 200, 300, 4, 2, 128
+  q = jax.ShapeDtypeStruct((b, t, h, d), jnp.bfloat16)
+  k = jax.ShapeDtypeStruct((b, s, hkv, d), jnp.bfloat16)
+  idx = jax.ShapeDtypeStruct((b, h, 2, 2), jnp.int32)
+  cnt = jax.ShapeDtypeStruct((b, h, 2), jnp.int32)
+
+  def loss(q, k, v, kv_idx, kv_cnt):
+    o = ops.block_sparse_attention_tpu(q, k, v, kv_idx, kv_cnt, block_q=128, block_k=128)
+    return o.astype(jnp.float32).sum()
+
+  grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  text = grad.trace(q, k, k, idx, cnt).lower(lowering_platforms=("tpu",)).as_text()
+  assert text.count("tpu_custom_call") == 3
+
+
+def test_transposed_table_lists_every_pair_once():
+  b, t, s, h, hkv, bq, bk = 2, 384, 512, 4, 2, 128, 128
+  kv_idx, kv_cnt = _random_table(jax.random.key(3), b=b, h=h, t=t, s=s, block_q=bq, block_k=bk,
+                                 top=2, causal=True, empty_rows=1)
+  cfg = Config(block_q=bq, block_k=bk, t=t, s=s, heads=h, kv_heads=hkv, causal=True, scale=1.0,
+               interpret=True)
+  q_idx, q_cnt = (np.asarray(x) for x in tables.transpose(kv_idx, kv_cnt, cfg))
+  kv_idx, kv_cnt = np.asarray(kv_idx), np.asarray(kv_cnt)
+  g, nq = h // hkv, cfg.num_q_blocks
+  expected = {(bi, hi // g, int(kb), (hi % g) * nq + i)
+              for bi, hi, i in np.ndindex(b, h, nq) for kb in kv_idx[bi, hi, i, :kv_cnt[bi, hi, i]]}
+  got = {(bi, hk, kb, int(e))
+         for bi, hk, kb in np.ndindex(q_cnt.shape) for e in q_idx[bi, hk, kb, :q_cnt[bi, hk, kb]]}
+  assert got == expected
+  assert np.all(np.diff(q_idx, axis=-1) >= 0)  # ascending, tail repeats the last valid entry
+
+
+def test_normalize_repeats_last_valid_index():
+  kv_idx = jnp.array([[[[0, 2, 7, 9], [5, 1, 1, 1]]]])
+  kv_cnt = jnp.array([[[2, 0]]])
+  idx, cnt = tables.normalize(kv_idx, kv_cnt, num_kv_blocks=4)
+  np.testing.assert_array_equal(idx, [[[[0, 2, 2, 2], [3, 3, 3, 3]]]])
+  np.testing.assert_array_equal(cnt, kv_cnt)
+
+
+@pytest.mark.parametrize("field,kwargs,match", [
+    ("block_q", dict(block_q=64), "block_q must be a positive multiple of 128"),
+    ("block_k", dict(block_k=100), "block_k must be a positive multiple of 128"),
+    ("kv_idx", dict(kv_idx=jnp.zeros((1, 2, 3, 1), jnp.int32)), "kv_idx must be"),
+    ("kv_cnt", dict(kv_cnt=jnp.zeros((1, 2), jnp.int32)), "kv_cnt must be"),
+    ("heads", dict(k=jnp.zeros((1, 128, 3, 64))), "multiple of kv heads"),
+])
+def test_bad_inputs_raise(field, kwargs, match):
+  args = dict(q=jnp.zeros((1, 128, 2, 64)), k=jnp.zeros((1, 128, 1, 64)),
+              v=jnp.zeros((1, 128, 1, 64)), kv_idx=jnp.zeros((1, 2, 1, 1), jnp.int32),
+              kv_cnt=jnp.ones((1, 2, 1), jnp.int32), block_q=128, block_k=128)
+  args.update(kwargs)
+  if field == "heads":
+    args["v"] = args["k"]
+  with pytest.raises(ValueError, match=match):
+    ops.block_sparse_attention_tpu(**args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("b,t,s,h,hkv,d,dtype,causal,top", [
+    (2, 500, 500, 4, 1, 128, jnp.float32, True, 3),
+    (2, 384, 640, 4, 4, 64, jnp.bfloat16, True, 2),
+    (1, 300, 700, 6, 2, 64, jnp.float32, False, 4),
+])
+def test_larger_shapes(b, t, s, h, hkv, d, dtype, causal, top):
+  _check(b, t, s, h, hkv, d, dtype, causal, top=top, empty_rows=1)
+
+
+@pytest.mark.slow
+def test_rectangular_blocks_bfloat16():
+  _check(1, 520, 520, 2, 1, 64, jnp.bfloat16, causal=True, top=2, block_q=256, block_k=128)
