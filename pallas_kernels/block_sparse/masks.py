@@ -162,6 +162,7 @@ def visible_blocks(seq_q: int, seq_k: int, *, block_q: int, block_k: int, causal
   return jnp.asarray(starts[None, :] <= last[:, None])
 
 
+@functools.partial(jax.jit, static_argnames=("block_q", "block_k", "max_blocks"))
 def from_block_mask(mask, *, block_q: int, block_k: int,
                     max_blocks: int | None = None) -> BlockTable:
   """Table of an arbitrary block set, bool [B, H, nq, nk] (True = attend).
@@ -179,6 +180,8 @@ def from_block_mask(mask, *, block_q: int, block_k: int,
   return BlockTable(idx, cnt, block_q, block_k)
 
 
+@functools.partial(jax.jit, static_argnames=("k", "seq_q", "seq_k", "block_q", "block_k",
+                                             "causal"))
 def topk_table(scores, k: int, *, seq_q: int, seq_k: int, block_q: int, block_k: int,
                causal: bool = True) -> BlockTable:
   """The ``k`` highest-scoring key blocks per query block, scores float [B, H, nq, nk].
@@ -199,6 +202,7 @@ def topk_table(scores, k: int, *, seq_q: int, seq_k: int, block_q: int, block_k:
   return BlockTable(idx, cnt, block_q, block_k)
 
 
+@functools.partial(jax.jit, static_argnames=("seq_q", "seq_k", "block_q", "block_k", "causal"))
 def vertical_slash(columns, diagonals, *, seq_q: int, seq_k: int, block_q: int, block_k: int,
                    causal: bool = True) -> VerticalSlash:
   """MInference's vertical-slash pattern as key blocks plus leftover columns.
@@ -259,12 +263,14 @@ def _scatter_rows(idx, valid, width: int):
   return out[:, :width].reshape(lead + (width,))
 
 
+@functools.partial(jax.jit, static_argnames=("num_k_blocks",))
 def block_mask(table: BlockTable, num_k_blocks: int):
   """Bool [B, H, nq, nk]: the listed key blocks of each query block."""
   slot_ok = jnp.arange(table.max_blocks) < table.kv_cnt[..., None]
   return _scatter_rows(table.kv_idx, slot_ok, num_k_blocks)
 
 
+@functools.partial(jax.jit, static_argnames=("num_k_blocks",))
 def transpose_table(table: BlockTable, num_k_blocks: int):
   """Query blocks per key block, (q_idx int32 [B, H, nk, nq], q_cnt int32 [B, H, nk]).
 
@@ -276,6 +282,7 @@ def transpose_table(table: BlockTable, num_k_blocks: int):
   return _compact(by_key, jnp.arange(nq, dtype=jnp.int32), nq)
 
 
+@functools.partial(jax.jit, static_argnames=("seq_q", "seq_k", "causal"))
 def dense_mask(mask: BlockTable | VerticalSlash, seq_q: int, seq_k: int, *, causal: bool):
   """Bool [B, H, T, S] of the positions a table lets each query see (test oracle)."""
   table = mask.table if isinstance(mask, VerticalSlash) else mask
