@@ -17,6 +17,8 @@ from pallas_kernels.block_sparse_tpu.config import Config
 TOL = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2}
 
 
+@functools.partial(jax.jit, static_argnames=("b", "h", "t", "s", "block_q", "block_k", "top",
+                                             "causal", "empty_rows"))
 def _random_table(key, *, b, h, t, s, block_q, block_k, top, causal, empty_rows=0):
   """Random top-``top`` key blocks per row, the diagonal block forced in under causality."""
   nq, nk = masks.num_blocks(t, block_q), masks.num_blocks(s, block_k)
@@ -92,8 +94,9 @@ def test_full_table_is_dense_attention():
   b, t, h, hkv, d = 1, 256, 2, 1, 64
   q, k, v, _ = _inputs(jax.random.key(1), b, t, t, h, hkv, d, jnp.float32)
   table = masks.causal_table(t, t, block_q=128, block_k=128, batch=b, heads=h)
-  o = ops.block_sparse_attention_tpu(q, k, v, table.kv_idx, table.kv_cnt, block_q=128,
-                                     block_k=128, interpret=True)
+  kernel = jax.jit(functools.partial(ops.block_sparse_attention_tpu, block_q=128, block_k=128,
+                                     interpret=True))
+  o = kernel(q, k, v, table.kv_idx, table.kv_cnt)
   assert _rel_err(o, dense.reference(q, k, v, causal=True)) < 1e-5
 
 
@@ -126,7 +129,8 @@ def test_transposed_table_lists_every_pair_once():
                                  top=2, causal=True, empty_rows=1)
   cfg = Config(block_q=bq, block_k=bk, t=t, s=s, heads=h, kv_heads=hkv, causal=True, scale=1.0,
                interpret=True)
-  q_idx, q_cnt = (np.asarray(x) for x in tables.transpose(kv_idx, kv_cnt, cfg))
+  q_idx, q_cnt = (np.asarray(x) for x in jax.jit(tables.transpose, static_argnums=2)(
+      kv_idx, kv_cnt, cfg))
   kv_idx, kv_cnt = np.asarray(kv_idx), np.asarray(kv_cnt)
   g, nq = h // hkv, cfg.num_q_blocks
   expected = {(bi, hi // g, int(kb), (hi % g) * nq + i)

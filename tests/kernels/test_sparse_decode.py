@@ -1,0 +1,144 @@
+"""Split-K sparse decode kernel (Pallas, interpret mode) vs its dense-mask reference."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxllm.attention.methods import dense
+from pallas_kernels.sparse_decode import kernel, ops, reference
+
+TOL = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2}
+
+
+def _inputs(key, b, s, h, hkv, d, dtype):
+  kq, kk, kv = jax.random.split(key, 3)
+  q = jax.random.normal(kq, (b, h, d), dtype)
+  k = jax.random.normal(kk, (b, s, hkv, d), dtype)
+  v = jax.random.normal(kv, (b, s, hkv, d), dtype)
+  return q, k, v
+
+
+def _random_table(key, b, hkv, num_blocks, max_blocks):
+  """``max_blocks`` distinct ascending block indices per (sequence, kv head)."""
+  keys = jax.random.split(key, b * hkv)
+  pick = jax.vmap(lambda kk: jnp.sort(jax.random.permutation(kk, num_blocks)[:max_blocks]))
+  return pick(keys).reshape(b, hkv, max_blocks).astype(jnp.int32)
+
+
+_reference = jax.jit(reference.sparse_decode, static_argnames=("block_k",))
+
+
+def _rel_err(x, y):
+  x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+  return float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-6))
+
+
+@functools.partial(jax.jit, static_argnames=("block_k", "num_splits"))
+def _decode(q, k, v, kv_idx, kv_cnt, lengths, *, block_k, num_splits):
+  return ops.sparse_decode(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k,
+                           num_splits=num_splits, interpret=True)
+
+
+@pytest.mark.parametrize("dtype,h,hkv,d,num_splits", [
+    (jnp.float32, 8, 2, 64, 2),   # GQA, cache length not a multiple of the block
+    (jnp.bfloat16, 4, 4, 128, 3),
+    (jnp.float32, 2, 1, 80, 4),   # head dim padded up to a power of two; more splits than blocks
+])
+def test_matches_reference(dtype, h, hkv, d, num_splits):
+  b, s, block_k, max_blocks = 3, 300, 32, 3
+  q, k, v = _inputs(jax.random.key(0), b, s, h, hkv, d, dtype)
+  kv_idx = _random_table(jax.random.key(1), b, hkv, -(-s // block_k), max_blocks)
+  kv_cnt = jnp.full((b, hkv), max_blocks, jnp.int32).at[1, 0].set(0).at[2, -1].set(1)
+  lengths = jnp.array([s, 200, 37], jnp.int32)
+  o = _decode(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k, num_splits=num_splits)
+  o_ref = _reference(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k)
+  assert o.shape == q.shape and o.dtype == q.dtype
+  assert _rel_err(o, o_ref) < TOL[dtype]
+  g = h // hkv
+  np.testing.assert_array_equal(np.asarray(o[1, :g], np.float32), 0.0)  # empty selection
+
+
+def test_all_blocks_is_dense_decode():
+  b, s, h, hkv, d, block_k = 2, 256, 4, 2, 64, 64
+  q, k, v = _inputs(jax.random.key(2), b, s, h, hkv, d, jnp.float32)
+  kv_idx = jnp.broadcast_to(jnp.arange(s // block_k, dtype=jnp.int32), (b, hkv, s // block_k))
+  kv_cnt = jnp.full((b, hkv), s // block_k, jnp.int32)
+  lengths = jnp.full((b,), s, jnp.int32)
+  o = _decode(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k, num_splits=2)
+  o_dense = dense.reference(q[:, None], k, v, causal=True)[:, 0]
+  assert _rel_err(o, o_dense) < 1e-5
+
+
+def test_split_count_does_not_change_result():
+  b, s, h, hkv, d, block_k = 1, 512, 4, 1, 64, 32
+  q, k, v = _inputs(jax.random.key(3), b, s, h, hkv, d, jnp.float32)
+  kv_idx = _random_table(jax.random.key(4), b, hkv, s // block_k, 6)
+  kv_cnt = jnp.full((b, hkv), 6, jnp.int32)
+  lengths = jnp.array([450], jnp.int32)
+  outs = [_decode(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k, num_splits=n) for n in (1, 6)]
+  assert _rel_err(outs[1], outs[0]) < 1e-5
+
+
+def test_combine_merges_by_log_sum_exp():
+  # Two splits over disjoint key sets merge to the softmax over their union; an empty split is 0.
+  logits = jnp.array([[0.3, -1.0], [2.0, 0.5]])  # [split, key]
+  vals = jnp.array([[[1.0], [2.0]], [[3.0], [-4.0]]])  # [split, key, 1]
+  m = logits.max(-1)
+  o = jnp.einsum("sk,skd->sd", jnp.exp(logits - m[:, None]), vals)
+  l = jnp.exp(logits - m[:, None]).sum(-1)
+  empty = (jnp.zeros((1, 1)), jnp.full((1,), -jnp.inf), jnp.zeros((1,)))
+  o_part = jnp.concatenate([o, empty[0]])[None, None, :, None]  # [1, 1, 3, 1, 1]
+  m_part = jnp.concatenate([m, empty[1]])[None, None, :, None]
+  l_part = jnp.concatenate([l, empty[2]])[None, None, :, None]
+  p = jax.nn.softmax(logits.reshape(-1))
+  expected = p @ vals.reshape(-1)
+  np.testing.assert_allclose(kernel.combine(o_part, m_part, l_part).reshape(()), expected,
+                             rtol=1e-6)
+
+
+def test_lowers_to_triton_for_gpu():
+  b, s, h, hkv, d = 2, 512, 8, 2, 128
+  sds = jax.ShapeDtypeStruct
+  args = (sds((b, h, d), jnp.bfloat16), sds((b, s, hkv, d), jnp.bfloat16),
+          sds((b, s, hkv, d), jnp.bfloat16), sds((b, hkv, 4), jnp.int32),
+          sds((b, hkv), jnp.int32), sds((b,), jnp.int32))
+  fn = jax.jit(functools.partial(ops.sparse_decode, block_k=64, num_splits=2))
+  gpu = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=132, platform="gpu")
+  with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",),
+                                                                abstract_device=gpu)):
+    text = fn.trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+  assert "triton" in text
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(block_k=48), "block_k must be a power of two"),
+    (dict(block_k=8), "block_k must be a power of two"),
+    (dict(num_splits=0), "num_splits must be a positive int"),
+    (dict(kv_idx=jnp.zeros((2, 1, 2), jnp.int32)), "kv_idx must be"),
+    (dict(kv_cnt=jnp.zeros((2,), jnp.int32)), "kv_cnt must be"),
+    (dict(lengths=jnp.zeros((2, 1), jnp.int32)), "lengths must be"),
+    (dict(kv_idx=jnp.zeros((2, 2, 2), jnp.float32)), "kv_idx must be an integer"),
+])
+def test_bad_inputs_raise(kwargs, match):
+  args = dict(q=jnp.zeros((2, 4, 64)), k=jnp.zeros((2, 64, 2, 64)), v=jnp.zeros((2, 64, 2, 64)),
+              kv_idx=jnp.zeros((2, 2, 2), jnp.int32), kv_cnt=jnp.ones((2, 2), jnp.int32),
+              lengths=jnp.full((2,), 64, jnp.int32), block_k=32, num_splits=2)
+  args.update(kwargs)
+  with pytest.raises(ValueError, match=match):
+    ops.sparse_decode(**args)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_long_cache(dtype):
+  b, s, h, hkv, d, block_k, max_blocks = 4, 4000, 16, 4, 128, 64, 20
+  q, k, v = _inputs(jax.random.key(5), b, s, h, hkv, d, dtype)
+  kv_idx = _random_table(jax.random.key(6), b, hkv, -(-s // block_k), max_blocks)
+  kv_cnt = jax.random.randint(jax.random.key(7), (b, hkv), 0, max_blocks + 1)
+  lengths = jnp.array([4000, 3999, 1500, 64], jnp.int32)
+  o = _decode(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k, num_splits=4)
+  o_ref = _reference(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k)
+  assert _rel_err(o, o_ref) < TOL[dtype]
