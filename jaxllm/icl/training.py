@@ -1,6 +1,7 @@
 """A small jitted training loop for the in-context regression models (no checkpointing needed)."""
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -26,7 +27,7 @@ def train_regression(model, tx, sample_fn, *, num_steps, key, log_every=100):
     sample_fn: key -> (x_BND, y_BN, xq_BD, yq_B, ...) a fresh batch.
     num_steps: number of optimisation steps.
     key: PRNG key for the data stream.
-    log_every: record the training loss every this many steps (and at the last step).
+    log_every: steps per jitted chunk; the loss of each chunk's last step is recorded.
 
   Returns:
     A dict with "step" and "loss" lists.
@@ -34,13 +35,13 @@ def train_regression(model, tx, sample_fn, *, num_steps, key, log_every=100):
   Raises:
     FloatingPointError: when the loss stops being finite.
   """
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be positive, got {num_steps}")
+  if num_steps < 1 or log_every < 1:
+    raise ValueError(f"num_steps and log_every must be positive, got {num_steps}, {log_every}")
   graphdef, params = nnx.split(model, nnx.Param)
   opt_state = tx.init(params)
 
-  @jax.jit
-  def step(params, opt_state, key):
+  def step(carry, key):
+    params, opt_state = carry
     x, y, xq, yq = sample_fn(key)[:4]
 
     def loss_fn(p):
@@ -48,19 +49,23 @@ def train_regression(model, tx, sample_fn, *, num_steps, key, log_every=100):
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return (optax.apply_updates(params, updates), opt_state), loss
+
+  # Scanning a chunk of steps per call keeps host dispatch out of the loop: these models are tiny.
+  @partial(jax.jit, static_argnums=3)
+  def run_chunk(params, opt_state, key, length):
+    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state),
+                                               jax.random.split(key, length))
+    return params, opt_state, losses[-1]
 
   history = {"step": [], "loss": []}
-  pending = None
-  for i in range(num_steps):
+  done = 0
+  while done < num_steps:
+    length = min(log_every, num_steps - done)
     key, sub = jax.random.split(key)
-    params, opt_state, loss = step(params, opt_state, sub)
-    if i % log_every == 0 or i == num_steps - 1:
-      # Read the previous logged loss only now, so the host never stalls the device queue.
-      if pending is not None:
-        _record(history, *pending)
-      pending = (i, loss)
-  _record(history, *pending)
+    params, opt_state, loss = run_chunk(params, opt_state, sub, length)
+    done += length
+    _record(history, done - 1, loss)
   nnx.update(model, params)
   return history
 

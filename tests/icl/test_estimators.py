@@ -1,9 +1,12 @@
 """Closed-form checks of the ICL estimators: ZFB formulas, GD steps and the rate search, the SVM."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxllm.icl import closed_forms
+from jaxllm.icl import baselines, closed_forms, gd
+from jaxllm.icl.linear_tasks import sample_linear_prompts
 
 
 def _random_spd(rng, d):
@@ -69,3 +72,42 @@ def test_closed_form_validation():
     closed_forms.zfb_gamma(np.ones(3), 5)
   with pytest.raises(ValueError, match="num_examples"):
     closed_forms.zfb_gamma(np.eye(3), 0)
+
+
+def test_best_one_step_gd_reference_numbers():
+  rate, loss = gd.best_one_step_gd(10, 10, 1 / 12, 1 / 80)
+  assert rate == pytest.approx(6.0606, abs=1e-4)
+  assert loss == pytest.approx(0.20623, abs=1e-5)
+
+
+@pytest.mark.parametrize("input_dist,variance,fourth", [("uniform", 1 / 12, 1 / 80),
+                                                        ("gaussian", 1.0, 3.0)])
+def test_rate_search_matches_closed_form(input_dist, variance, fourth):
+  x, y, xq, yq, _ = sample_linear_prompts(jax.random.key(0), 60_000, 8, 6, input_dist=input_dist)
+  rate, loss = gd.best_gd_rate(x, y, xq, yq, 1)
+  exact_rate, exact_loss = gd.best_one_step_gd(6, 8, variance, fourth)
+  assert rate == pytest.approx(exact_rate, rel=0.03)
+  assert loss == pytest.approx(exact_loss, rel=0.03)
+
+
+def test_gd_weights_match_geometric_series():
+  x, y, _, _, _ = sample_linear_prompts(jax.random.key(1), 4, 7, 3)
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  lr, steps = 0.3, 5
+  cov = np.einsum("bnd,bne->bde", x, x) / 7
+  b = np.einsum("bn,bnd->bd", y, x) / 7
+  expected = np.zeros_like(b)
+  for i in range(4):
+    step = np.eye(3) - lr * cov[i]
+    expected[i] = lr * sum(np.linalg.matrix_power(step, j) for j in range(steps)) @ b[i]
+  got = np.asarray(gd.gd_weights(jnp.asarray(x), jnp.asarray(y), lr, steps))
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_many_gd_steps_reach_least_squares():
+  x, y, xq, yq, _ = sample_linear_prompts(jax.random.key(2), 16, 12, 4)
+  xs = np.concatenate([np.asarray(x), np.asarray(xq)[:, None]], 1)
+  ys = np.concatenate([np.asarray(y), np.asarray(yq)[:, None]], 1)
+  ols = baselines.least_squares(xs, ys)[:, -1]
+  np.testing.assert_allclose(np.asarray(gd.gd_predict(x, y, xq, 0.2, 3000)), ols, atol=1e-3)
+  np.testing.assert_allclose(ols, np.asarray(yq), atol=1e-3)

@@ -1,0 +1,53 @@
+"""Smoke-scale check of von Oswald et al.: a trained 1-layer LSA is one GD step at the best rate."""
+
+import pytest
+
+from configs.icl import lsa_gd as config_lib
+from experiments.icl import lsa_gd
+
+
+def _config(num_layers):
+  config = config_lib.get_config("smoke")
+  config.num_layers = num_layers
+  config.gd_steps_reported = (1,)
+  config.batch_size = 256
+  config.eval_prompts = 2000
+  config.rate_search_prompts = 10000
+  return config
+
+
+@pytest.fixture(scope="module")
+def one_layer(tmp_path_factory):
+  return lsa_gd.run(_config((1,)), str(tmp_path_factory.mktemp("lsa_gd")))["models"]["1"]
+
+
+def test_one_layer_lsa_reaches_best_gd_step_loss(one_layer):
+  assert one_layer["loss"] == pytest.approx(one_layer["gd_loss"], rel=0.05)
+  # Least squares interpolates at N = d: the LSA is far from it, so a lookalike would fail here.
+  assert one_layer["ols_loss"] < 0.01 * one_layer["loss"]
+
+
+def test_one_layer_lsa_predictions_match_gd_not_ols(one_layer):
+  assert one_layer["pred_diff_gd"] < 0.02 * one_layer["pred_diff_ols"]
+  assert one_layer["sensitivity_cos_gd"] > 0.99
+  assert one_layer["sensitivity_cos_ols"] < 0.5
+
+
+@pytest.mark.slow
+def test_two_layers_do_at_least_as_well_as_two_gd_steps(tmp_path):
+  config = _config((2,))
+  config.gd_steps_reported = (1, 2)
+  config.batch_size = 512
+  config.num_steps = 3000
+  model = lsa_gd.run(config, str(tmp_path))["models"]["2"]
+  assert model["loss"] < 1.05 * model["gd_loss"]
+  assert model["sensitivity_cos_gd"] > 0.9
+
+
+def test_config_validation():
+  with pytest.raises(ValueError, match="smoke"):
+    config_lib.get_config("full")
+  config = config_lib.get_config("smoke")
+  config.input_dist = "laplace"
+  with pytest.raises(ValueError, match="input_dist"):
+    lsa_gd.run(config, "/nonexistent")
