@@ -6,9 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.experimental.pallas import tpu as pltpu
 
 from jaxllm.attention.methods import dense
-from pallas_kernels.sparse_decode import kernel, ops, reference
+from pallas_kernels.sparse_decode import combine, ops, reference
 
 TOL = {jnp.float32: 2e-5, jnp.bfloat16: 2e-2}
 
@@ -36,29 +37,74 @@ def _rel_err(x, y):
   return float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-6))
 
 
-@functools.partial(jax.jit, static_argnames=("block_k", "num_splits"))
-def _decode(q, k, v, kv_idx, kv_cnt, lengths, *, block_k, num_splits):
+@functools.partial(jax.jit, static_argnames=("block_k", "num_splits", "target"))
+def _decode(q, k, v, kv_idx, kv_cnt, lengths, *, block_k, num_splits, target="gpu"):
   return ops.sparse_decode(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k,
-                           num_splits=num_splits, interpret=True)
+                           num_splits=num_splits, interpret=True, target=target)
 
 
-@pytest.mark.parametrize("dtype,h,hkv,d,num_splits", [
-    (jnp.float32, 8, 2, 64, 2),   # GQA, cache length not a multiple of the block
-    (jnp.bfloat16, 4, 4, 128, 3),
-    (jnp.float32, 2, 1, 80, 4),   # head dim padded up to a power of two; more splits than blocks
-])
-def test_matches_reference(dtype, h, hkv, d, num_splits):
-  b, s, block_k, max_blocks = 3, 300, 32, 3
+_reference = jax.jit(reference.sparse_decode, static_argnames=("block_k",))
+
+
+def _rel_err(x, y):
+  x, y = np.asarray(x, np.float32), np.asarray(y, np.float32)
+  return float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-6))
+
+
+def _check(target, dtype, s, h, hkv, d, block_k, num_splits):
+  b, max_blocks = 3, 3
   q, k, v = _inputs(jax.random.key(0), b, s, h, hkv, d, dtype)
   kv_idx = _random_table(jax.random.key(1), b, hkv, -(-s // block_k), max_blocks)
   kv_cnt = jnp.full((b, hkv), max_blocks, jnp.int32).at[1, 0].set(0).at[2, -1].set(1)
   lengths = jnp.array([s, 200, 37], jnp.int32)
-  o = _decode(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k, num_splits=num_splits)
+  o = _decode(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k, num_splits=num_splits,
+              target=target)
   o_ref = _reference(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k)
   assert o.shape == q.shape and o.dtype == q.dtype
   assert _rel_err(o, o_ref) < TOL[dtype]
-  g = h // hkv
-  np.testing.assert_array_equal(np.asarray(o[1, :g], np.float32), 0.0)  # empty selection
+  np.testing.assert_array_equal(np.asarray(o[1, :h // hkv], np.float32), 0.0)  # empty selection
+
+
+@pytest.mark.parametrize("dtype,h,hkv,d,num_splits", [
+    (jnp.float32, 8, 2, 64, 2),   # GQA, cache length not a multiple of the block
+    (jnp.bfloat16, 2, 2, 80, 4),  # head dim padded up to a power of two; more splits than blocks
+    pytest.param(jnp.bfloat16, 4, 4, 128, 3, marks=pytest.mark.slow),
+])
+def test_gpu_kernel_matches_reference(dtype, h, hkv, d, num_splits):
+  _check("gpu", dtype, 300, h, hkv, d, 32, num_splits)
+
+
+@pytest.mark.parametrize("dtype,h,hkv,d,num_splits", [
+    (jnp.float32, 8, 2, 128, 2),  # GQA, kv heads side by side on the lane axis
+    (jnp.bfloat16, 4, 1, 64, 2),  # one kv head: any head dim is the full lane extent
+    pytest.param(jnp.float32, 6, 2, 64, 4, marks=pytest.mark.slow),  # D and G padded
+])
+def test_tpu_kernel_matches_reference(dtype, h, hkv, d, num_splits):
+  _check("tpu", dtype, 700, h, hkv, d, 128, num_splits)
+
+
+def test_tpu_kernel_in_tpu_interpreter():
+  # The TPU interpreter fills uninitialised VMEM with nan and raises on out-of-bounds reads.
+  b, s, h, hkv, d, block_k = 2, 512, 4, 2, 128, 128
+  q, k, v = _inputs(jax.random.key(8), b, s, h, hkv, d, jnp.float32)
+  kv_idx = _random_table(jax.random.key(9), b, hkv, s // block_k, 2)
+  kv_cnt = jnp.array([[2, 1], [0, 2]], jnp.int32)
+  lengths = jnp.array([400, 512], jnp.int32)
+  o = ops.sparse_decode(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k, num_splits=2,
+                        interpret=pltpu.InterpretParams(), target="tpu")
+  o_ref = _reference(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k)
+  assert _rel_err(o, o_ref) < 2e-5
+
+
+def test_tpu_kernel_lowers_to_mosaic():
+  b, s, h, hkv, d = 2, 1024, 8, 2, 128
+  sds = jax.ShapeDtypeStruct
+  args = (sds((b, h, d), jnp.bfloat16), sds((b, s, hkv, d), jnp.bfloat16),
+          sds((b, s, hkv, d), jnp.bfloat16), sds((b, hkv, 4), jnp.int32),
+          sds((b, hkv), jnp.int32), sds((b,), jnp.int32))
+  fn = jax.jit(functools.partial(ops.sparse_decode, block_k=128, num_splits=2, target="tpu"))
+  text = fn.trace(*args).lower(lowering_platforms=("tpu",)).as_text()
+  assert text.count("tpu_custom_call") == 1
 
 
 def test_all_blocks_is_dense_decode():
@@ -95,17 +141,17 @@ def test_combine_merges_by_log_sum_exp():
   l_part = jnp.concatenate([l, empty[2]])[None, None, :, None]
   p = jax.nn.softmax(logits.reshape(-1))
   expected = p @ vals.reshape(-1)
-  np.testing.assert_allclose(kernel.combine(o_part, m_part, l_part).reshape(()), expected,
+  np.testing.assert_allclose(combine.combine(o_part, m_part, l_part).reshape(()), expected,
                              rtol=1e-6)
 
 
-def test_lowers_to_triton_for_gpu():
+def test_gpu_kernel_lowers_to_triton():
   b, s, h, hkv, d = 2, 512, 8, 2, 128
   sds = jax.ShapeDtypeStruct
   args = (sds((b, h, d), jnp.bfloat16), sds((b, s, hkv, d), jnp.bfloat16),
           sds((b, s, hkv, d), jnp.bfloat16), sds((b, hkv, 4), jnp.int32),
           sds((b, hkv), jnp.int32), sds((b,), jnp.int32))
-  fn = jax.jit(functools.partial(ops.sparse_decode, block_k=64, num_splits=2))
+  fn = jax.jit(functools.partial(ops.sparse_decode, block_k=64, num_splits=2, target="gpu"))
   gpu = jax.sharding.AbstractDevice(device_kind="NVIDIA H100", num_cores=132, platform="gpu")
   with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((1,), ("x",),
                                                                 abstract_device=gpu)):
@@ -116,6 +162,8 @@ def test_lowers_to_triton_for_gpu():
 @pytest.mark.parametrize("kwargs,match", [
     (dict(block_k=48), "block_k must be a power of two"),
     (dict(block_k=8), "block_k must be a power of two"),
+    (dict(block_k=64, target="tpu"), "block_k must be a positive multiple of 128"),
+    (dict(target="cuda"), "target must be one of"),
     (dict(num_splits=0), "num_splits must be a positive int"),
     (dict(kv_idx=jnp.zeros((2, 1, 2), jnp.int32)), "kv_idx must be"),
     (dict(kv_cnt=jnp.zeros((2,), jnp.int32)), "kv_cnt must be"),
@@ -132,13 +180,14 @@ def test_bad_inputs_raise(kwargs, match):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("target,block_k", [("gpu", 64), ("tpu", 128)])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_long_cache(dtype):
-  b, s, h, hkv, d, block_k, max_blocks = 4, 4000, 16, 4, 128, 64, 20
+def test_long_cache(dtype, target, block_k):
+  b, s, h, hkv, d, max_blocks = 4, 4000, 16, 4, 128, 20
   q, k, v = _inputs(jax.random.key(5), b, s, h, hkv, d, dtype)
   kv_idx = _random_table(jax.random.key(6), b, hkv, -(-s // block_k), max_blocks)
   kv_cnt = jax.random.randint(jax.random.key(7), (b, hkv), 0, max_blocks + 1)
   lengths = jnp.array([4000, 3999, 1500, 64], jnp.int32)
-  o = _decode(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k, num_splits=4)
+  o = _decode(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k, num_splits=4, target=target)
   o_ref = _reference(q, k, v, kv_idx, kv_cnt, lengths, block_k=block_k)
   assert _rel_err(o, o_ref) < TOL[dtype]

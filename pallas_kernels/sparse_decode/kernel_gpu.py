@@ -1,10 +1,10 @@
-"""Split-K sparse decode as a GPU-style (Triton) Pallas kernel, and the log-sum-exp combine.
+"""Split-K sparse decode as a GPU-style (Triton) Pallas kernel.
 
 Grid (B, Hkv, num_splits). Program (b, g, split) takes the slice
 ``[split * per_split, (split + 1) * per_split)`` of the kv head's listed blocks, clipped to its
 count, and loops over them with an online softmax for all query heads of the group at once (they
 share the blocks, so each block is read once per group). It writes the unnormalised partial output
-with its running max and sum; :func:`combine` merges the splits. Splitting over the listed blocks
+with its running max and sum; :mod:`combine` merges the splits. Splitting over the listed blocks
 keeps the GPU busy when B * Hkv alone is too small to fill it.
 """
 
@@ -90,11 +90,3 @@ def partials(q_BKGD, k_BSKD, v_BSKD, kv_idx, kv_cnt, lengths, *, block_k: int, n
       name="sparse_decode_split_k",
   )(q_BKGD, k_BSKD, v_BSKD, kv_idx, kv_cnt, lengths)
 
-
-def combine(o_part, m_part, l_part):
-  """Merges split partials by log-sum-exp: [B, Hkv, splits, G, D] -> [B, Hkv, G, D] float32."""
-  m = jnp.max(m_part, axis=2, keepdims=True)
-  w = jnp.exp(m_part - jnp.where(m == -jnp.inf, 0.0, m))  # empty splits weigh 0
-  num = jnp.sum(w[..., None] * o_part, axis=2)
-  den = jnp.sum(w * l_part, axis=2)[..., None]
-  return jnp.where(den == 0, 0.0, num / jnp.where(den == 0, 1.0, den))
