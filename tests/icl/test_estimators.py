@@ -4,8 +4,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import optimize
 
-from jaxllm.icl import baselines, closed_forms, gd
+from jaxllm.icl import baselines, closed_forms, gd, svm
 from jaxllm.icl.linear_tasks import sample_linear_prompts
 
 
@@ -111,3 +112,50 @@ def test_many_gd_steps_reach_least_squares():
   ols = baselines.least_squares(xs, ys)[:, -1]
   np.testing.assert_allclose(np.asarray(gd.gd_predict(x, y, xq, 0.2, 3000)), ols, atol=1e-3)
   np.testing.assert_allclose(ols, np.asarray(yq), atol=1e-3)
+
+
+def test_attention_svm_single_constraint_closed_form():
+  """T = 2, n = 1: one constraint <A, W> >= 1, so W_mm = A / ||A||_F^2."""
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(1, 2, 4))
+  z = rng.normal(size=(1, 4))
+  a = np.outer(x[0, 1] - x[0, 0], z[0])
+  w = svm.attention_svm(x, z, np.array([1]))["w"]
+  np.testing.assert_allclose(w, a / np.sum(a * a), rtol=1e-7, atol=1e-10)
+
+
+def test_attention_svm_orthogonal_constraints_closed_form():
+  """Constraint matrices with disjoint supports: W_mm is the sum of A_k / ||A_k||^2."""
+  x = np.zeros((2, 2, 3))
+  x[0, 0] = [2.0, 0.0, 0.0]
+  x[1, 0] = [0.0, 0.5, 0.0]
+  z = np.array([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+  w = svm.attention_svm(x, z, np.array([0, 0]))["w"]
+  expected = np.outer([2.0, 0, 0], z[0]) / 4.0 + np.outer([0, 0.5, 0], z[1]) / 0.25
+  np.testing.assert_allclose(w, expected, rtol=1e-7, atol=1e-10)
+
+
+def test_attention_svm_matches_primal_solver_and_kkt():
+  rng = np.random.default_rng(4)
+  n, t, d = 3, 4, 3
+  x = rng.normal(size=(n, t, d))
+  z = rng.normal(size=(n, d))
+  opt = np.array([0, 2, 1])
+  sol = svm.attention_svm(x, z, opt)
+  rows = np.stack([np.outer(x[i, opt[i]] - x[i, j], z[i]).ravel()
+                   for i in range(n) for j in range(t) if j != opt[i]])
+  primal = optimize.minimize(lambda w: 0.5 * w @ w, np.zeros(d * d), jac=lambda w: w,
+                             constraints=[{"type": "ineq", "fun": lambda w: rows @ w - 1,
+                                           "jac": lambda w: rows}],
+                             method="SLSQP", options={"ftol": 1e-14, "maxiter": 500})
+  np.testing.assert_allclose(sol["w"].ravel(), primal.x, atol=1e-6)
+  # KKT: feasibility, dual feasibility, complementary slackness, stationarity.
+  assert sol["margins"].min() >= 1 - 1e-8
+  assert sol["dual"].min() >= 0
+  np.testing.assert_allclose(sol["dual"] * (sol["margins"].ravel() - 1), 0, atol=1e-8)
+  np.testing.assert_allclose(sol["dual"] @ rows, sol["w"].ravel(), atol=1e-10)
+
+
+def test_attention_svm_rejects_bad_indices():
+  with pytest.raises(ValueError, match="opt indices"):
+    svm.attention_svm(np.ones((1, 3, 2)), np.ones((1, 2)), np.array([3]))
