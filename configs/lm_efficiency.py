@@ -1,0 +1,60 @@
+"""LLM efficiency run: softmax vs linear vs lightning attention on associative recall and bytes.
+
+Smoke (a few minutes on 2 CPU cores):
+  python -m jaxllm.main --config=configs/lm_efficiency.py:smoke --workdir=runs/lm_efficiency_smoke
+Full (small LMs, still CPU-sized):
+  python -m jaxllm.main --config=configs/lm_efficiency.py --workdir=runs/lm_efficiency
+Figure:
+  python scripts/figures/fig_lm_efficiency.py --workdir=runs/lm_efficiency_smoke
+
+Every variant shares the model below and changes only its attention (``variants``); add e.g.
+``transnormer=dict(block="transnormer", attention="lightning")`` where the decoder offers that
+block.
+"""
+
+import ml_collections
+
+ARGS = (None, "smoke", "tiny")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg not in ARGS:
+    raise ValueError(f"configs/lm_efficiency.py: unknown arg {arg!r}; allowed: {list(ARGS)}")
+  c = ml_collections.ConfigDict()
+  c.experiment = "lm_efficiency"
+  c.seed = 0
+  c.tasks = ["recall", "text"]
+  c.recall = ml_collections.ConfigDict(dict(num_pairs=32, num_queries=32, num_keys=128,
+                                            num_values=128))
+  c.text = ml_collections.ConfigDict(dict(glob="", max_bytes=8_000_000, eval_fraction=0.05,
+                                          seq_len=256))
+  c.model = ml_collections.ConfigDict(dict(
+      style="llama", d_model=128, num_layers=4, num_heads=4, num_kv_heads=None,
+      attention_impl="auto", dtype="float32"))
+  c.variants = ml_collections.ConfigDict(dict(
+      softmax=dict(attention="dense", attention_options={}),
+      linear=dict(attention="linear", attention_options={"feature_map": "elu1"}),
+      lightning=dict(attention="lightning", attention_options={"chunk_size": 64}),
+  ))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=100, grad_clip=1.0,
+      hparams={}))
+  c.train = ml_collections.ConfigDict(dict(steps=3000, batch_size=32, log_every=50,
+                                           checkpoint_every=1000))
+  c.eval = ml_collections.ConfigDict(dict(num_sequences=512, timing_repeats=5))
+
+  if arg in ("smoke", "tiny"):
+    c.recall.update(num_pairs=16, num_queries=16, num_keys=32, num_values=32)
+    c.text.update(max_bytes=1_000_000, seq_len=64)
+    c.model.update(d_model=64, num_layers=2, num_heads=4)
+    c.variants.lightning.attention_options = {"chunk_size": 16}
+    c.train.update(steps=400, batch_size=32, log_every=20, checkpoint_every=400)
+    c.optimizer.update(learning_rate=3e-3, warmup_steps=40)
+    c.eval.num_sequences = 256
+  if arg == "tiny":  # seconds: wiring checks only
+    c.text.max_bytes = 100_000
+    c.model.update(d_model=32, num_layers=1, num_heads=2)
+    c.train.update(steps=4, batch_size=4, log_every=2, checkpoint_every=4)
+    c.optimizer.warmup_steps = 1
+    c.eval.update(num_sequences=8, timing_repeats=1)
+  return c

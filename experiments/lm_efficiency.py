@@ -1,0 +1,185 @@
+"""LLM efficiency run: softmax vs linear vs lightning attention LMs on the same data and budget.
+
+Two tasks, each trained from scratch for every model variant with identical steps, batch, data
+stream and optimizer:
+
+* ``recall``: multi-query associative recall. A sequence lists ``num_pairs`` random key-value
+  pairs, then ``num_queries`` of the keys again, each followed by its value; the loss and the
+  recall accuracy are taken on those answers only (the pairs themselves are unpredictable).
+* ``text``: byte-level language modelling on local text files (``text.glob``; by default Python's
+  standard library sources), the last ``text.eval_fraction`` of the bytes held out.
+
+Reported per (task, variant): final train loss, held-out loss, recall accuracy, training tokens/s
+(whole run, compile included) and forward tokens/s (compiled, timed after training), plus the
+training loss curve. ``scripts/figures/fig_lm_efficiency.py`` draws them.
+"""
+
+import glob
+import os
+import sysconfig
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxllm.models.transformer import build, count_params
+from jaxllm.results import write_results
+from jaxllm.train.loop import train
+from jaxllm.train.metrics import read_metrics
+
+_EVAL_STREAM = 10**9  # seeds evaluation draws apart from every training step's
+
+
+def _masked_ce(model, batch):
+  logits = model(batch["tokens"][:, :-1])
+  targets = batch["tokens"][:, 1:]
+  mask = batch["mask"].astype(jnp.float32)
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  denom = jnp.maximum(mask.sum(), 1.0)
+  return jnp.sum(ce * mask) / denom, {"accuracy": jnp.sum(correct * mask) / denom}
+
+
+class RecallTask:
+  """Multi-query associative recall; keys are tokens [0, K), values [K, K + V)."""
+
+  def __init__(self, config, model_cfg: dict):
+    c = config.recall
+    self.pairs, self.queries = int(c.num_pairs), int(c.num_queries)
+    self.keys, self.values = int(c.num_keys), int(c.num_values)
+    if self.pairs > self.keys or self.queries > self.pairs:
+      raise ValueError(f"recall: need num_queries <= num_pairs <= num_keys, got "
+                       f"{self.queries}, {self.pairs}, {self.keys}")
+    self.seq_len = 2 * (self.pairs + self.queries)
+    self.batch_size, self.seed = int(config.train.batch_size), int(config.seed)
+    self.model_cfg = dict(model_cfg, vocab_size=self.keys + self.values, max_len=self.seq_len)
+
+  def init_model(self, rngs):
+    return build(self.model_cfg, rngs=rngs)
+
+  def sample(self, rng, n):
+    keys = np.argsort(rng.random((n, self.keys)), axis=1)[:, :self.pairs]
+    vals = self.keys + rng.integers(0, self.values, size=(n, self.pairs))
+    which = np.argsort(rng.random((n, self.pairs)), axis=1)[:, :self.queries]
+    rows = np.arange(n)[:, None]
+    context = np.stack([keys, vals], axis=-1).reshape(n, -1)
+    probe = np.stack([keys[rows, which], vals[rows, which]], axis=-1).reshape(n, -1)
+    tokens = np.concatenate([context, probe], axis=1).astype(np.int32)
+    # Targets are tokens[1:]; an answer sits at odd positions of the probe.
+    mask = np.zeros((n, self.seq_len - 1), bool)
+    mask[:, 2 * self.pairs::2] = True
+    return {"tokens": tokens, "mask": mask}
+
+  def batch(self, step: int):
+    return self.sample(np.random.default_rng([self.seed, step]), self.batch_size)
+
+  def loss(self, model, batch):
+    return _masked_ce(model, batch)
+
+  def eval_batches(self, num):
+    rng = np.random.default_rng([self.seed, _EVAL_STREAM])
+    return [self.sample(rng, self.batch_size) for _ in range(max(num // self.batch_size, 1))]
+
+
+def load_corpus(pattern: str, max_bytes: int) -> np.ndarray:
+  """uint8 bytes of the sorted files matching ``pattern`` (Python's stdlib sources if empty)."""
+  pattern = pattern or os.path.join(sysconfig.get_paths()["stdlib"], "*.py")
+  chunks, size = [], 0
+  for path in sorted(glob.glob(pattern)):
+    with open(path, "rb") as f:
+      data = f.read()
+    chunks.append(data)
+    size += len(data)
+    if size >= max_bytes:
+      break
+  if size == 0:
+    raise ValueError(f"text.glob={pattern!r} matches no non-empty file")
+  return np.frombuffer(b"".join(chunks)[:max_bytes], np.uint8)
+
+
+class TextTask:
+  """Byte-level LM on random windows of a local corpus; the tail is held out."""
+
+  def __init__(self, config, model_cfg: dict):
+    c = config.text
+    corpus = load_corpus(c.glob, int(c.max_bytes))
+    split = int(len(corpus) * (1 - float(c.eval_fraction)))
+    self.train_bytes, self.eval_bytes = corpus[:split], corpus[split:]
+    self.seq_len = int(c.seq_len)
+    if len(self.eval_bytes) <= self.seq_len + 1:
+      raise ValueError(f"text: held-out part ({len(self.eval_bytes)} bytes) is shorter than "
+                       f"text.seq_len={self.seq_len}; raise text.max_bytes or eval_fraction")
+    self.batch_size, self.seed = int(config.train.batch_size), int(config.seed)
+    self.model_cfg = dict(model_cfg, vocab_size=256, max_len=self.seq_len)
+
+  def init_model(self, rngs):
+    return build(self.model_cfg, rngs=rngs)
+
+  def _windows(self, data, rng, n):
+    start = rng.integers(0, len(data) - self.seq_len - 1, size=n)
+    tokens = np.stack([data[s:s + self.seq_len + 1] for s in start]).astype(np.int32)
+    return {"tokens": tokens, "mask": np.ones((n, self.seq_len), bool)}
+
+  def batch(self, step: int):
+    return self._windows(self.train_bytes, np.random.default_rng([self.seed, step]),
+                         self.batch_size)
+
+  def loss(self, model, batch):
+    return _masked_ce(model, batch)
+
+  def eval_batches(self, num):
+    rng = np.random.default_rng([self.seed, _EVAL_STREAM])
+    return [self._windows(self.eval_bytes, rng, self.batch_size)
+            for _ in range(max(num // self.batch_size, 1))]
+
+
+TASKS = {"recall": RecallTask, "text": TextTask}
+
+
+def evaluate(model, task, num_sequences: int, timing_repeats: int) -> dict:
+  """Held-out loss and accuracy, and compiled forward throughput in tokens/s."""
+  loss_fn = nnx.jit(task.loss)
+  forward = nnx.jit(lambda m, tok: m(tok))
+  batches = task.eval_batches(num_sequences)
+  losses, accs = zip(*[(float(l), float(m["accuracy"])) for l, m in
+                       (loss_fn(model, b) for b in batches)])
+  tokens = jnp.asarray(batches[0]["tokens"][:, :-1])
+  jax.block_until_ready(forward(model, tokens))
+  t0 = time.perf_counter()
+  for _ in range(timing_repeats):
+    jax.block_until_ready(forward(model, tokens))
+  seconds = (time.perf_counter() - t0) / timing_repeats
+  return {"eval_loss": float(np.mean(losses)), "eval_accuracy": float(np.mean(accs)),
+          "forward_tokens_per_s": tokens.size / seconds}
+
+
+def run(config, workdir: str) -> dict:
+  unknown = sorted(set(config.tasks) - set(TASKS))
+  if unknown:
+    raise ValueError(f"tasks {unknown} unknown; allowed: {sorted(TASKS)}")
+  base = config.model.to_dict()
+  results = {"experiment": "lm_efficiency", "train_steps": int(config.train.steps),
+             "batch_size": int(config.train.batch_size), "runs": {}}
+  for task_name in config.tasks:
+    for variant, overrides in config.variants.items():
+      model_cfg = {**base, **overrides.to_dict()}
+      task = TASKS[task_name](config, model_cfg)
+      run_dir = os.path.join(workdir, task_name, variant)
+      result = train(config, run_dir, task)
+      tokens_per_step = task.batch_size * (task.seq_len - 1 if task_name == "recall"
+                                           else task.seq_len)
+      curve = [(m["step"], m["loss"]) for m in read_metrics(run_dir)]
+      results["runs"].setdefault(task_name, {})[variant] = {
+          "attention": model_cfg.get("attention"), "block": model_cfg.get("block", "standard"),
+          "params": count_params(result.model), "seq_len": task.seq_len,
+          "final_train_loss": result.last_metrics.get("loss"),
+          "train_tokens_per_s": result.steps_per_second * tokens_per_step,
+          "loss_curve": curve,
+          **evaluate(result.model, task, int(config.eval.num_sequences),
+                     int(config.eval.timing_repeats)),
+      }
+  write_results(workdir, results)
+  return results
