@@ -51,8 +51,8 @@ def scale_by_adahessian(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-4,
   """AdaHessian's update direction (before learning rate and weight decay)."""
 
   def init_fn(params):
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
-    return AdaHessianState(jnp.zeros([], jnp.int32), jax.random.PRNGKey(seed), zeros, zeros)
+    zeros = lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
+    return AdaHessianState(jnp.zeros([], jnp.int32), jax.random.PRNGKey(seed), zeros(), zeros())
 
   def update_fn(updates, state, params=None, *, obj_fn=None, **extra):
     del extra

@@ -75,13 +75,14 @@ def scale_by_frugal(variant: str = "block", density: float = 0.25, update_gap: i
     for x in jax.tree.leaves(params):
       if x.ndim != 2:
         raise ValueError(f"frugal treats 2-D kernels only; got a leaf of shape {x.shape}")
-    zeros = jax.tree.map(lambda x: jnp.zeros(state_shape(x), jnp.float32), params)
+    zeros = lambda: jax.tree.map(lambda x: jnp.zeros(state_shape(x), jnp.float32), params)
     if block:
       proj = jax.tree.map(lambda x: jnp.zeros((), jnp.bool_), params)
     else:
       proj = jax.tree.map(lambda x: jnp.zeros(
           lowrank.projector_shape(x.shape, frugal_rank(x.shape, density)), jnp.float32), params)
-    return FrugalState(jnp.zeros([], jnp.int32), jax.random.PRNGKey(seed), proj, zeros, zeros)
+    return FrugalState(jnp.zeros([], jnp.int32), jax.random.PRNGKey(seed), proj, zeros(),
+                       zeros())
 
   def free(s):
     return jnp.sign(s) if residual == "signsgd" else s

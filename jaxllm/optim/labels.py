@@ -67,8 +67,9 @@ def decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda x: x.ndim >= 2, params)
 
 
-def partition_hidden(hidden_tx: optax.GradientTransformation,
-                     rest_tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+def partition_hidden(
+    hidden_tx: optax.GradientTransformation,
+    rest_tx: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
   """Applies ``hidden_tx`` to the hidden linear weights and ``rest_tx`` to every other leaf."""
   return optax.partition(
       {"hidden": hidden_tx, "rest": rest_tx},

@@ -74,9 +74,9 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, shampoo_b: float | None = 
                  for d, rot in zip(x.shape, rotated_axes(x.shape, max_precond_dim)))
 
   def init_fn(params):
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
-    fac = jax.tree.map(factors, params)
-    return SoapState(jnp.zeros([], jnp.int32), zeros, zeros, fac, fac)
+    zeros = lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
+    fac = lambda: jax.tree.map(factors, params)
+    return SoapState(jnp.zeros([], jnp.int32), zeros(), zeros(), fac(), fac())
 
   def update_fn(updates, state, params=None):
     del params

@@ -67,8 +67,8 @@ def scale_by_sophia_g(b1: float = 0.965, b2: float = 0.99, rho: float = 0.05,
     raise ValueError(f"sophia_g update_interval must be >= 1, got {update_interval}")
 
   def init_fn(params):
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
-    return SophiaGState(jnp.zeros([], jnp.int32), jax.random.PRNGKey(seed), zeros, zeros,
+    zeros = lambda: jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
+    return SophiaGState(jnp.zeros([], jnp.int32), jax.random.PRNGKey(seed), zeros(), zeros(),
                         jnp.zeros([], jnp.float32))
 
   def update_fn(updates, state, params=None, *, logits_fn=None, **extra):

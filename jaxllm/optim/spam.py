@@ -3,8 +3,9 @@
 Step t (0-based; c = t + 1):
   * reset: when c % reset_interval == 0, m and v restart from zero (the bias-correction step count
     does not restart);
-  * spike-aware clipping (skipped while c < clip_skip or c % reset_interval < clip_skip, because v is
-    near zero right after a reset): where g^2 > theta * v_prev, g <- sign(g) sqrt(theta * v_prev);
+  * spike-aware clipping (skipped while c < clip_skip or c % reset_interval < clip_skip, because
+    v is near zero right after a reset): where g^2 > theta * v_prev,
+    g <- sign(g) sqrt(theta * v_prev);
   * Adam with bias correction, then the update is scaled by a cosine ramp from 0.01 to 1 over
     ``warmup`` steps after each reset: s = steps since the reset, scale = 1 - 0.99 (1 + cos(pi s /
     (warmup + 1))) / 2 for s < warmup, else 1. Training starts with scale 1 (no reset yet).
@@ -75,8 +76,8 @@ def scale_by_spam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, theta: 
   def init_fn(params):
     key, sub = jax.random.split(jax.random.PRNGKey(seed))
     idx = _draw_all(sub, params, density)
-    zeros = jax.tree.map(moments_like, params, idx)
-    return SpamState(jnp.zeros([], jnp.int32), key, zeros, zeros, idx)
+    zeros = lambda: jax.tree.map(moments_like, params, idx)
+    return SpamState(jnp.zeros([], jnp.int32), key, zeros(), zeros(), idx)
 
   def update_fn(updates, state, params=None):
     del params

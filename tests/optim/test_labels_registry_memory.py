@@ -105,7 +105,8 @@ def test_memory_formula_equals_actual_state_bytes_for_every_optimizer(schedule):
   for name in optim.NAMES:
     hp = HPARAMS.get(name, {})
     opt = optim.make(name, lr, grad_clip=1.0, **hp)
-    assert memory.state_bytes(name, params, lr, **hp) == memory.measured_state_bytes(opt, params), name
+    measured = memory.measured_state_bytes(opt, params)
+    assert memory.state_bytes(name, params, lr, **hp) == measured, name
 
 
 def test_memory_per_matrix_formulas():
@@ -129,3 +130,12 @@ def test_step_law():
       x.size for x in jax.tree.leaves(lm_params())) - 30 * 16 - 8 * 16
   with pytest.raises(ValueError, match="positive"):
     optim.step_law(0, 1e9)
+
+
+def test_initial_states_hold_no_shared_buffers_so_the_train_step_can_donate_them():
+  params = small_lm_params()
+  for name in optim.NAMES:
+    leaves = [x for x in jax.tree.leaves(optim.make(name, 1e-3, **HPARAMS.get(name, {})).init(
+        params)) if x.size]
+    pointers = [x.unsafe_buffer_pointer() for x in leaves]
+    assert len(set(pointers)) == len(pointers), name
