@@ -4,7 +4,8 @@ dq walks the forward table (per query block, its key blocks). dk/dv walks the tr
 (per key block, the (query head, query block) pairs that list it), so each kernel accumulates its
 gradient in VMEM and writes it once, with no atomics. Under GQA the dk/dv grid runs over kv heads
 and its table interleaves the query heads of the group, which sums their contributions in place.
-Probabilities are recomputed from the forward's log-sum-exp.
+Probabilities are recomputed from the forward's log-sum-exp; ``di`` arrives as
+rowsum(do * o) - dlse, which also carries the gradient of a returned log-sum-exp.
 """
 
 import functools
@@ -16,7 +17,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.block_sparse_tpu import masks
-from pallas_kernels.block_sparse_tpu.config import NN_DIMS, NT_DIMS, Config
+from pallas_kernels.block_sparse_tpu.config import NN_DIMS, NT_DIMS, Config, cap, uncap_grad
 
 
 def _dq_kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, lse_ref, do_ref, di_ref, dq_ref, dq_sc, *,
@@ -32,15 +33,12 @@ def _dq_kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, lse_ref, do_ref, di_ref, d
   def _step():
     kb = idx_ref[row * max_blocks + j]
     k, v = k_ref[...], v_ref[...]
-    logits = lax.dot_general(q_ref[...], k, NT_DIMS, preferred_element_type=jnp.float32)
-    logits = logits * cfg.scale
-    ok = masks.tile_visible(i, kb, block_q=cfg.block_q, block_k=cfg.block_k, t=cfg.t, s=cfg.s,
-                            causal=cfg.causal)
-    if ok is not None:
-      logits = jnp.where(ok, logits, -jnp.inf)
+    capped = cap(cfg, lax.dot_general(q_ref[...], k, NT_DIMS, preferred_element_type=jnp.float32))
+    ok = masks.tile_visible(i, kb, cfg)
+    logits = capped if ok is None else jnp.where(ok, capped, -jnp.inf)
     p = jnp.exp(logits - jnp.expand_dims(lse_ref[0], -1))
     dp = lax.dot_general(do_ref[...], v, NT_DIMS, preferred_element_type=jnp.float32)
-    ds = p * (dp - jnp.expand_dims(di_ref[0], -1))
+    ds = uncap_grad(cfg, p * (dp - jnp.expand_dims(di_ref[0], -1)), capped)
     dq_sc[...] += lax.dot_general(ds.astype(k.dtype), k, NN_DIMS,
                                   preferred_element_type=jnp.float32)
 
@@ -64,17 +62,14 @@ def _dkv_kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, lse_ref, do_ref, di_ref, 
     i = lax.rem(idx_ref[row * max_entries + j], cfg.num_q_blocks)
     q, do = q_ref[...], do_ref[...]
     # Keys-first tiles [block_k, block_q]: the per-query statistics broadcast along sublanes.
-    logits_t = lax.dot_general(k_ref[...], q, NT_DIMS, preferred_element_type=jnp.float32)
-    logits_t = logits_t * cfg.scale
-    ok = masks.tile_visible(i, kb, block_q=cfg.block_q, block_k=cfg.block_k, t=cfg.t, s=cfg.s,
-                            causal=cfg.causal, keys_first=True)
-    if ok is not None:
-      logits_t = jnp.where(ok, logits_t, -jnp.inf)
+    capped_t = cap(cfg, lax.dot_general(k_ref[...], q, NT_DIMS, preferred_element_type=jnp.float32))
+    ok = masks.tile_visible(i, kb, cfg, keys_first=True)
+    logits_t = capped_t if ok is None else jnp.where(ok, capped_t, -jnp.inf)
     p_t = jnp.exp(logits_t - lse_ref[...])
     dv_sc[...] += lax.dot_general(p_t.astype(do.dtype), do, NN_DIMS,
                                   preferred_element_type=jnp.float32)
     dp_t = lax.dot_general(v_ref[...], do, NT_DIMS, preferred_element_type=jnp.float32)
-    ds_t = p_t * (dp_t - di_ref[...])
+    ds_t = uncap_grad(cfg, p_t * (dp_t - di_ref[...]), capped_t)
     dk_sc[...] += lax.dot_general(ds_t.astype(q.dtype), q, NN_DIMS,
                                   preferred_element_type=jnp.float32)
 

@@ -20,6 +20,9 @@ class Config:
     heads, kv_heads: H and Hkv.
     causal: queries are the last t of the s positions and see keys at or before them.
     scale: logit multiplier.
+    window: element-wise sliding window inside listed blocks (None: off).
+    sinks: with a window, the first ``sinks`` keys stay visible.
+    softcap: tanh logit cap (None: off).
     interpret: False on TPU; True for the generic Pallas interpreter; a
       ``pltpu.InterpretParams`` for the TPU interpreter, which also simulates VMEM and DMAs.
   """
@@ -31,6 +34,9 @@ class Config:
   kv_heads: int
   causal: bool
   scale: float
+  window: int | None
+  sinks: int
+  softcap: float | None
   interpret: bool | pltpu.InterpretParams
 
   @property
@@ -44,6 +50,20 @@ class Config:
   @property
   def num_kv_blocks(self) -> int:
     return -(-self.s // self.block_k)
+
+
+def cap(cfg: Config, logits):
+  """Scaled and (optionally) soft-capped logits, float32."""
+  logits = logits * cfg.scale
+  return logits if cfg.softcap is None else cfg.softcap * jnp.tanh(logits / cfg.softcap)
+
+
+def uncap_grad(cfg: Config, ds, capped):
+  """Chain rule through the cap: d(c tanh(x / c)) / dx = 1 - tanh^2, with tanh = capped / c."""
+  if cfg.softcap is None:
+    return ds
+  t = capped / cfg.softcap
+  return ds * (1.0 - t * t)
 
 
 def widen(x_rl, n: int):

@@ -15,7 +15,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.block_sparse_tpu import masks
-from pallas_kernels.block_sparse_tpu.config import NN_DIMS, NT_DIMS, NUM_LANES, Config, widen
+from pallas_kernels.block_sparse_tpu.config import NN_DIMS, NT_DIMS, NUM_LANES, Config, cap, widen
 
 
 def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc, *,
@@ -33,10 +33,9 @@ def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, a
   @pl.when(j < cnt_ref[row])
   def _step():
     kb = idx_ref[row * max_blocks + j]
-    logits = lax.dot_general(q_ref[...], k_ref[...], NT_DIMS, preferred_element_type=jnp.float32)
-    logits = logits * cfg.scale
-    ok = masks.tile_visible(i, kb, block_q=cfg.block_q, block_k=cfg.block_k, t=cfg.t, s=cfg.s,
-                            causal=cfg.causal)
+    logits = cap(cfg, lax.dot_general(q_ref[...], k_ref[...], NT_DIMS,
+                                      preferred_element_type=jnp.float32))
+    ok = masks.tile_visible(i, kb, cfg)
     if ok is not None:
       logits = jnp.where(ok, logits, -jnp.inf)
     m_prev = m_sc[...]

@@ -21,19 +21,27 @@ from pallas_kernels.block_sparse_tpu.config import NUM_LANES, Config
 _FLOAT_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
 
 
+def _public_lse(lse):
+  """Rows that see nothing carry +inf inside (zero backward probabilities), -inf outside."""
+  return jnp.where(lse == jnp.inf, -jnp.inf, lse)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _attend(cfg, q_BHTD, k_BKSD, v_BKSD, kv_idx, kv_cnt):
-  return forward.forward(cfg, q_BHTD, k_BKSD, v_BKSD, kv_idx, kv_cnt)[0]
+  o, lse = forward.forward(cfg, q_BHTD, k_BKSD, v_BKSD, kv_idx, kv_cnt)
+  return o, _public_lse(lse)
 
 
 def _attend_fwd(cfg, q_BHTD, k_BKSD, v_BKSD, kv_idx, kv_cnt):
   o, lse = forward.forward(cfg, q_BHTD, k_BKSD, v_BKSD, kv_idx, kv_cnt)
-  return o, (q_BHTD, k_BKSD, v_BKSD, kv_idx, kv_cnt, o, lse)
+  return (o, _public_lse(lse)), (q_BHTD, k_BKSD, v_BKSD, kv_idx, kv_cnt, o, lse)
 
 
-def _attend_bwd(cfg, res, do_BHTD):
+def _attend_bwd(cfg, res, cotangents):
   q_BHTD, k_BKSD, v_BKSD, kv_idx, kv_cnt, o, lse = res
-  di = jnp.sum(do_BHTD.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)
+  do_BHTD, dlse = cotangents
+  # d lse / d logit = p, so the lse cotangent folds into di: ds = p * (dp - (di - dlse)).
+  di = jnp.sum(do_BHTD.astype(jnp.float32) * o.astype(jnp.float32), axis=-1) - dlse
   lse_BH1T, di_BH1T = lse[:, :, None, :], di[:, :, None, :]
   do_BHTD = do_BHTD.astype(q_BHTD.dtype)
   args = (q_BHTD, k_BKSD, v_BKSD, lse_BH1T, do_BHTD, di_BH1T)
@@ -51,6 +59,21 @@ def _check_block(name, value):
     raise ValueError(
         f"block_sparse_attention_tpu: {name} must be a positive multiple of {NUM_LANES} (the TPU "
         f"lane width, required by Mosaic for sequence blocks), got {value!r}")
+
+
+def _check_options(window, sinks, softcap, scale):
+  if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+    raise ValueError(
+        f"block_sparse_attention_tpu: window must be a positive int or None, got {window!r}")
+  if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
+    raise ValueError(f"block_sparse_attention_tpu: sinks must be a non-negative int, got {sinks!r}")
+  if sinks and window is None:
+    raise ValueError("block_sparse_attention_tpu: sinks only apply together with a window")
+  if softcap is not None and not softcap > 0:
+    raise ValueError(
+        f"block_sparse_attention_tpu: softcap must be positive or None, got {softcap!r}")
+  if scale is not None and not scale > 0:
+    raise ValueError(f"block_sparse_attention_tpu: scale must be positive or None, got {scale!r}")
 
 
 def _check_inputs(q, k, v, kv_idx, kv_cnt, block_q, block_k):
@@ -78,7 +101,8 @@ def _check_inputs(q, k, v, kv_idx, kv_cnt, block_q, block_k):
                      f"got {kv_cnt.shape}")
   for name, x in (("kv_idx", kv_idx), ("kv_cnt", kv_cnt)):
     if not jnp.issubdtype(x.dtype, jnp.integer):
-      raise ValueError(f"block_sparse_attention_tpu: {name} must be an integer array, got {x.dtype}")
+      raise ValueError(
+          f"block_sparse_attention_tpu: {name} must be an integer array, got {x.dtype}")
 
 
 def _pad_seq(x_BHLD, block):
@@ -87,7 +111,8 @@ def _pad_seq(x_BHLD, block):
 
 
 def block_sparse_attention_tpu(q, k, v, kv_idx, kv_cnt, *, block_q, block_k, causal=True,
-                               scale=None, interpret=False):
+                               scale=None, window=None, sinks=0, softcap=None, return_lse=False,
+                               interpret=False):
   """Attention restricted to the key blocks each (batch, head, query block) lists.
 
   Args:
@@ -101,19 +126,29 @@ def block_sparse_attention_tpu(q, k, v, kv_idx, kv_cnt, *, block_q, block_k, cau
     causal: inside listed blocks, queries (the last T of the S positions) see only keys at or
       before them.
     scale: logit multiplier, default 1 / sqrt(D).
+    window: optional element-wise sliding window inside listed blocks: keys with
+      q - window < k <= q (causal) or |q - k| < window.
+    sinks: with a window, the first ``sinks`` keys stay visible too.
+    softcap: optional tanh cap on the scaled logits, softcap * tanh(logits / softcap).
+    return_lse: also return the float32 log-sum-exp [B, H, T] of the (capped) logits, -inf on
+      rows that see nothing; it is differentiable too (for merging with other attention parts).
     interpret: False to compile for TPU; on CPU, True runs the generic Pallas interpreter and a
       ``pltpu.InterpretParams`` the TPU interpreter (slower; simulates VMEM and DMAs).
 
   Returns:
-    [B, T, H, D] in q's dtype; rows that see no key are 0. Differentiable in q, k, v.
+    [B, T, H, D] in q's dtype (rows that see no key are 0), and the lse when requested.
+    Differentiable in q, k, v.
   """
   _check_inputs(q, k, v, kv_idx, kv_cnt, block_q, block_k)
+  _check_options(window, sinks, softcap, scale)
   b, t, h, d = q.shape
   s, hkv = k.shape[1], k.shape[2]
   scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
   cfg = Config(block_q=block_q, block_k=block_k, t=t, s=s, heads=h, kv_heads=hkv,
-               causal=bool(causal), scale=scale, interpret=interpret)
+               causal=bool(causal), scale=scale, window=window, sinks=sinks,
+               softcap=None if softcap is None else float(softcap), interpret=interpret)
   kv_idx, kv_cnt = tables.normalize(kv_idx, kv_cnt, cfg.num_kv_blocks)
   to_hm = lambda x, blk: _pad_seq(jnp.swapaxes(x, 1, 2), blk)  # [B, L, N, D] -> [B, N, L_pad, D]
-  o = _attend(cfg, to_hm(q, block_q), to_hm(k, block_k), to_hm(v, block_k), kv_idx, kv_cnt)
-  return jnp.swapaxes(o[:, :, :t], 1, 2)
+  o, lse = _attend(cfg, to_hm(q, block_q), to_hm(k, block_k), to_hm(v, block_k), kv_idx, kv_cnt)
+  o = jnp.swapaxes(o[:, :, :t], 1, 2)
+  return (o, lse[:, :, :t]) if return_lse else o

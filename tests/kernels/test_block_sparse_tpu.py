@@ -50,31 +50,42 @@ def _rel_err(x, y):
   return float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-6))
 
 
-def _value_and_vjp(fn, grads, q, k, v, do):
-  """Output and (dq, dk, dv) for cotangent ``do``, in one compiled program (compiles dominate)."""
+def _value_and_vjp(fn, grads, args, cotangent):
+  """Outputs and (dq, dk, dv) for ``cotangent``, in one compiled program (compiles dominate)."""
 
-  def run(q, k, v, do):
-    o, vjp = jax.vjp(fn, q, k, v)
-    return o, (vjp(do) if grads else ())
+  def run(args, cotangent):
+    out, vjp = jax.vjp(fn, *args)
+    return out, (vjp(cotangent) if grads else ())
 
-  return jax.jit(run)(q, k, v, do)
+  return jax.jit(run)(args, cotangent)
 
 
 def _check(b, t, s, h, hkv, d, dtype, causal, *, top, empty_rows=0, block_q=128, block_k=128,
-           interpret=True, grads=True, seed=0):
-  key_in, key_tab = jax.random.split(jax.random.key(seed))
+           interpret=True, grads=True, seed=0, with_lse=False, **options):
+  key_in, key_tab, key_lse = jax.random.split(jax.random.key(seed), 3)
   q, k, v, do = _inputs(key_in, b, t, s, h, hkv, d, dtype)
   kv_idx, kv_cnt = _random_table(key_tab, b=b, h=h, t=t, s=s, block_q=block_q, block_k=block_k,
                                  top=top, causal=causal, empty_rows=empty_rows)
   table = masks.BlockTable(kv_idx, kv_cnt, block_q, block_k)
   kernel = functools.partial(ops.block_sparse_attention_tpu, kv_idx=kv_idx, kv_cnt=kv_cnt,
                              block_q=block_q, block_k=block_k, causal=causal,
-                             interpret=interpret)
-  spec = lambda q, k, v: reference.attention(q, k, v, table, causal=causal)[0]
-  o, grads = _value_and_vjp(kernel, grads, q, k, v, do)
-  o_ref, grads_ref = _value_and_vjp(spec, grads, q, k, v, do)
+                             interpret=interpret, return_lse=with_lse, **options)
+
+  def spec(q, k, v):
+    o, lse = reference.attention(q, k, v, table, causal=causal, **options)
+    return (o, lse) if with_lse else o
+
+  cotangent = (do, jax.random.normal(key_lse, (b, h, t))) if with_lse else do
+  out, grads = _value_and_vjp(kernel, grads, (q, k, v), cotangent)
+  out_ref, grads_ref = _value_and_vjp(spec, grads, (q, k, v), cotangent)
+  o, o_ref = (out[0], out_ref[0]) if with_lse else (out, out_ref)
   assert o.shape == q.shape and o.dtype == q.dtype
   assert _rel_err(o, o_ref) < TOL[dtype]
+  if with_lse:
+    lse, lse_ref = np.asarray(out[1]), np.asarray(out_ref[1])
+    np.testing.assert_array_equal(np.isneginf(lse), np.isneginf(lse_ref))
+    seen = np.isfinite(lse_ref)
+    np.testing.assert_allclose(lse[seen], lse_ref[seen], rtol=1e-5, atol=1e-5)
   if empty_rows:
     np.testing.assert_array_equal(np.asarray(o[:, :empty_rows * block_q, 0], np.float32), 0.0)
   for name, g, g_ref in zip("qkv", grads, grads_ref):
@@ -88,6 +99,13 @@ def test_gqa_causal_odd_lengths_float32():
 
 def test_bidirectional_bfloat16_with_empty_rows():
   _check(1, 256, 384, 2, 1, 128, jnp.bfloat16, causal=False, top=2, empty_rows=1)
+
+
+def test_window_sinks_softcap_and_lse_gradient():
+  # Element-wise window and sinks inside listed blocks, tanh cap, and the lse as a second output
+  # with its own cotangent (how vertical-slash columns are merged with the block part).
+  _check(1, 256, 384, 2, 1, 64, jnp.float32, causal=True, top=3, empty_rows=1, window=150,
+         sinks=4, softcap=5.0, with_lse=True)
 
 
 def test_full_table_is_dense_attention():
@@ -107,7 +125,8 @@ def test_tpu_interpreter_simulating_vmem_and_dma():
 
 
 def test_lowers_to_mosaic_for_tpu():
-  """Forward, dq and dk/dv kernels pass jax's Mosaic lowering (TPU target, from CPU)."""
+  """Forward, dq and dk/dv kernels, with every option on, pass jax's Mosaic lowering (TPU target,
+  from CPU)."""
   b, t, s, h, hkv, d = 1, 200, 300, 4, 2, 128
   q = jax.ShapeDtypeStruct((b, t, h, d), jnp.bfloat16)
   k = jax.ShapeDtypeStruct((b, s, hkv, d), jnp.bfloat16)
@@ -115,8 +134,9 @@ def test_lowers_to_mosaic_for_tpu():
   cnt = jax.ShapeDtypeStruct((b, h, 2), jnp.int32)
 
   def loss(q, k, v, kv_idx, kv_cnt):
-    o = ops.block_sparse_attention_tpu(q, k, v, kv_idx, kv_cnt, block_q=128, block_k=128)
-    return o.astype(jnp.float32).sum()
+    o, lse = ops.block_sparse_attention_tpu(q, k, v, kv_idx, kv_cnt, block_q=128, block_k=128,
+                                            window=200, sinks=4, softcap=30.0, return_lse=True)
+    return o.astype(jnp.float32).sum() + jnp.where(jnp.isfinite(lse), lse, 0.0).sum()
 
   grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
   text = grad.trace(q, k, k, idx, cnt).lower(lowering_platforms=("tpu",)).as_text()
@@ -128,7 +148,7 @@ def test_transposed_table_lists_every_pair_once():
   kv_idx, kv_cnt = _random_table(jax.random.key(3), b=b, h=h, t=t, s=s, block_q=bq, block_k=bk,
                                  top=2, causal=True, empty_rows=1)
   cfg = Config(block_q=bq, block_k=bk, t=t, s=s, heads=h, kv_heads=hkv, causal=True, scale=1.0,
-               interpret=True)
+               window=None, sinks=0, softcap=None, interpret=True)
   q_idx, q_cnt = (np.asarray(x) for x in jax.jit(tables.transpose, static_argnums=2)(
       kv_idx, kv_cnt, cfg))
   kv_idx, kv_cnt = np.asarray(kv_idx), np.asarray(kv_cnt)
@@ -155,6 +175,9 @@ def test_normalize_repeats_last_valid_index():
     ("kv_idx", dict(kv_idx=jnp.zeros((1, 2, 3, 1), jnp.int32)), "kv_idx must be"),
     ("kv_cnt", dict(kv_cnt=jnp.zeros((1, 2), jnp.int32)), "kv_cnt must be"),
     ("heads", dict(k=jnp.zeros((1, 128, 3, 64))), "multiple of kv heads"),
+    ("window", dict(window=0), "window must be a positive int"),
+    ("sinks", dict(sinks=2), "sinks only apply together with a window"),
+    ("softcap", dict(softcap=-1.0), "softcap must be positive"),
 ])
 def test_bad_inputs_raise(field, kwargs, match):
   args = dict(q=jnp.zeros((1, 128, 2, 64)), k=jnp.zeros((1, 128, 1, 64)),
@@ -175,6 +198,12 @@ def test_bad_inputs_raise(field, kwargs, match):
 ])
 def test_larger_shapes(b, t, s, h, hkv, d, dtype, causal, top):
   _check(b, t, s, h, hkv, d, dtype, causal, top=top, empty_rows=1)
+
+
+@pytest.mark.slow
+def test_bidirectional_window_bfloat16():
+  _check(2, 384, 384, 4, 2, 64, jnp.bfloat16, causal=False, top=2, window=200, softcap=20.0,
+         with_lse=True)
 
 
 @pytest.mark.slow
