@@ -32,11 +32,10 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def available_experiments() -> list[str]:
-  names = []
-  for info in pkgutil.walk_packages(experiments.__path__, prefix=""):
-    if not info.ispkg:
-      names.append(info.name)
-  return sorted(names)
+  prefix = experiments.__name__ + "."
+  return sorted(info.name[len(prefix):]
+                for info in pkgutil.walk_packages(experiments.__path__, prefix=prefix)
+                if not info.ispkg)
 
 
 def load_experiment(name: str):

@@ -7,7 +7,8 @@ import os
 class MetricWriter:
   """Appends ``{"step": s, ...}`` lines to ``workdir/metrics.jsonl`` and TensorBoard scalars.
 
-  On resume from step s, lines at or past s are dropped first so the log holds each step once.
+  Step s logs the metrics of the update that produced state s, so on resume from a checkpoint at
+  step s the lines past s are dropped first and the log holds each step once.
   """
 
   def __init__(self, workdir: str, *, resume_step: int = 0, tensorboard: bool = True):
@@ -24,7 +25,7 @@ class MetricWriter:
     if not os.path.exists(self.path):
       return
     with open(self.path) as f:
-      keep = [line for line in f if line.strip() and json.loads(line)["step"] < resume_step]
+      keep = [line for line in f if line.strip() and json.loads(line)["step"] <= resume_step]
     tmp = self.path + ".tmp"
     with open(tmp, "w") as f:
       f.writelines(keep)

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# The test suite: the default tier (CPU, no slow/gpu/tpu/multidevice tests), then the multidevice
+# tests in their own process on 8 fake CPU devices. Extra arguments go to the default tier.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export JAX_PLATFORMS=cpu
+.venv/bin/python -m pytest -n 2 "$@"
+status=0
+XLA_FLAGS="--xla_force_host_platform_device_count=8" \
+  .venv/bin/python -m pytest -m multidevice -q || status=$?
+# pytest exits 5 when no test carries the marker
+if [ "$status" -ne 0 ] && [ "$status" -ne 5 ]; then exit "$status"; fi
