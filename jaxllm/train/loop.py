@@ -104,8 +104,11 @@ def train(config, workdir: str, task, *, total_steps: int | None = None,
     if hasattr(task, "logits"):
       extra["logits_fn"] = lambda p: task.logits(merge(p), batch)
     updates, opt_state = opt.update(grads, state["opt_state"], state["params"], **extra)
+    params = optax.apply_updates(state["params"], updates)
+    if hasattr(task, "after_update"):  # e.g. periodic embedding resets (active forgetting)
+      params = task.after_update(state["step"] + 1, params, key)
     new = {
-        "params": optax.apply_updates(state["params"], updates),
+        "params": params,
         "opt_state": opt_state,
         "rng": state["rng"],
         "step": state["step"] + 1,

@@ -11,7 +11,9 @@ class Task(Protocol):
   ``batch(step)`` must be a pure function of the step (and the task's seed): the step is the data
   position, so a resumed run sees exactly the batches the uninterrupted run would have seen.
   Optionally a task defines ``logits(model, batch) -> (logits [..., V], mask [...])`` for optimizers
-  that sample labels from the model (Sophia-G).
+  that sample labels from the model (Sophia-G), and
+  ``after_update(step, params, key) -> params`` (traced inside the jitted step; ``step`` counts
+  completed updates) to edit parameters after each update, e.g. re-initialise embeddings.
   """
 
   def init_model(self, rngs: nnx.Rngs) -> nnx.Module:
