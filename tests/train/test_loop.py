@@ -2,6 +2,7 @@
 
 import os
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -98,3 +99,21 @@ def test_unknown_optimizer_and_schedule_are_listed(tmp_path):
   config.optimizer.schedule = "cosinus"
   with pytest.raises(ValueError, match="unknown schedule 'cosinus'"):
     loop.train(config, str(tmp_path / "b"), LinearRegressionTask(config), progress=False)
+
+
+class ResettingTask(LinearRegressionTask):
+  """Zeroes the read-in bias after every 3rd update."""
+
+  def after_update(self, step, params, key):
+    del key
+    bias = params["read_in"]["bias"]
+    params["read_in"]["bias"] = jnp.where(step % 3 == 0, jnp.zeros_like(bias), bias)
+    return params
+
+
+@pytest.mark.parametrize("steps,zeroed", [(6, True), (7, False)])
+def test_after_update_hook_edits_params(tmp_path, steps, zeroed):
+  config = tiny_config(steps=steps, checkpoint_every=0)
+  result = loop.train(config, str(tmp_path / "h"), ResettingTask(config), progress=False)
+  bias = np.asarray(result.model.read_in.bias[...])
+  assert (np.abs(bias).max() == 0.0) == zeroed
