@@ -46,8 +46,7 @@ def _attend_bwd(cfg, res, cotangents):
   do_BHTD = do_BHTD.astype(q_BHTD.dtype)
   args = (q_BHTD, k_BKSD, v_BKSD, lse_BH1T, do_BHTD, di_BH1T)
   dq = backward.dq(cfg, *args, kv_idx, kv_cnt)
-  q_idx, q_cnt = tables.transpose(kv_idx, kv_cnt, cfg)
-  dk, dv = backward.dkv(cfg, *args, q_idx, q_cnt)
+  dk, dv = backward.dkv(cfg, *args, tables.key_block_runs(kv_idx, kv_cnt, cfg))
   return dq, dk, dv, None, None
 
 

@@ -121,7 +121,7 @@ def test_full_table_is_dense_attention():
 def test_tpu_interpreter_simulating_vmem_and_dma():
   # The TPU interpreter fills uninitialised VMEM with nan and raises on out-of-bounds reads.
   with pltpu.force_tpu_interpret_mode():
-    _check(1, 160, 256, 2, 1, 64, jnp.float32, causal=True, top=1, interpret=False, grads=False)
+    _check(1, 160, 256, 2, 1, 64, jnp.float32, causal=True, top=1, interpret=False)
 
 
 def test_lowers_to_mosaic_for_tpu():
@@ -143,22 +143,30 @@ def test_lowers_to_mosaic_for_tpu():
   assert text.count("tpu_custom_call") == 3
 
 
-def test_transposed_table_lists_every_pair_once():
-  b, t, s, h, hkv, bq, bk = 2, 384, 512, 4, 2, 128, 128
+def test_key_block_runs_visit_every_pair_once():
+  b, t, s, h, hkv, bq, bk = 2, 384, 640, 4, 2, 128, 128
   kv_idx, kv_cnt = _random_table(jax.random.key(3), b=b, h=h, t=t, s=s, block_q=bq, block_k=bk,
                                  top=2, causal=True, empty_rows=1)
   cfg = Config(block_q=bq, block_k=bk, t=t, s=s, heads=h, kv_heads=hkv, causal=True, scale=1.0,
                window=None, sinks=0, softcap=None, interpret=True)
-  q_idx, q_cnt = (np.asarray(x) for x in jax.jit(tables.transpose, static_argnums=2)(
+  kb, entry, flags = (np.asarray(x) for x in jax.jit(tables.key_block_runs, static_argnums=2)(
       kv_idx, kv_cnt, cfg))
   kv_idx, kv_cnt = np.asarray(kv_idx), np.asarray(kv_cnt)
-  g, nq = h // hkv, cfg.num_q_blocks
-  expected = {(bi, hi // g, int(kb), (hi % g) * nq + i)
-              for bi, hi, i in np.ndindex(b, h, nq) for kb in kv_idx[bi, hi, i, :kv_cnt[bi, hi, i]]}
-  got = {(bi, hk, kb, int(e))
-         for bi, hk, kb in np.ndindex(q_cnt.shape) for e in q_idx[bi, hk, kb, :q_cnt[bi, hk, kb]]}
-  assert got == expected
-  assert np.all(np.diff(q_idx, axis=-1) >= 0)  # ascending, tail repeats the last valid entry
+  g, nq, nk = h // hkv, cfg.num_q_blocks, cfg.num_kv_blocks
+  assert kb.shape == (b, hkv, g * nq * kv_idx.shape[-1] + nk)
+  for bi, hk in np.ndindex(b, hkv):
+    expected = sorted((int(k), (hi % g) * nq + i) for hi in range(hk * g, (hk + 1) * g)
+                      for i in range(nq) for k in kv_idx[bi, hi, i, :kv_cnt[bi, hi, i]])
+    f, blocks = flags[bi, hk], kb[bi, hk]
+    computed = [(int(k), int(e)) for k, e, fl in zip(blocks, entry[bi, hk], f)
+                if fl & tables.COMPUTE]
+    assert computed == expected
+    # Every key block has one run: FIRST opens it, LAST closes it, nothing else touches it.
+    assert list(blocks[(f & tables.FIRST) != 0]) == list(range(nk))
+    assert list(blocks[(f & tables.LAST) != 0]) == list(range(nk))
+    assert np.all(np.diff(blocks) >= 0)
+    assert np.all(f[np.flatnonzero((f & tables.LAST) != 0)[-1] + 1:] == 0)  # idle tail
+    assert np.all((entry[bi, hk] >= 0) & (entry[bi, hk] < g * nq))  # every step fetches in bounds
 
 
 def test_normalize_repeats_last_valid_index():
