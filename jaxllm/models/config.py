@@ -8,7 +8,7 @@ POSITIONS = ("learned", "rope", "none")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "swiglu")
 IO = ("tokens", "vectors")
-BLOCKS = ("standard",)
+BLOCKS = ("standard", "transnormer")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # Preset block styles; any field can still be overridden.

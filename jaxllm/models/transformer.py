@@ -5,11 +5,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxllm.models import layers
+from jaxllm.models.transnormer import TransNormerBlock
 from jaxllm.models.config import TransformerConfig
 
 # Block classes by ``model.block``; every class takes (cfg, layer_index, *, rngs) and is called
 # as block(x_BTD, positions_T).
-BLOCK_CLASSES = {"standard": layers.Block}
+BLOCK_CLASSES = {"standard": layers.Block, "transnormer": TransNormerBlock}
 
 
 class Transformer(nnx.Module):

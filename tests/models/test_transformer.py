@@ -15,9 +15,12 @@ from jaxllm.models.transformer import build, count_params
 SMALL = dict(d_model=32, num_layers=2, num_heads=4, vocab_size=61, max_len=32)
 
 
-@pytest.mark.parametrize("style,kv", [("gpt2", None), ("llama", 2), ("llama", 1)])
-def test_future_tokens_do_not_change_past_logits(style, kv):
-  model = build(dict(SMALL, style=style, num_kv_heads=kv), rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("style,kv,extra", [
+    ("gpt2", None, {}), ("llama", 2, {}), ("llama", 1, {}),
+    ("llama", None, dict(block="transnormer", attention="lightning")),
+])
+def test_future_tokens_do_not_change_past_logits(style, kv, extra):
+  model = build(dict(SMALL, style=style, num_kv_heads=kv, **extra), rngs=nnx.Rngs(0))
   tokens = jax.random.randint(jax.random.key(1), (2, 17), 0, 61)
   changed = tokens.at[:, 9:].set((tokens[:, 9:] + 7) % 61)
   a, b = model(tokens), model(changed)
