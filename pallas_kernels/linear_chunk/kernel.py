@@ -28,7 +28,7 @@ def _is_pow2(x: int) -> bool:
   return x > 0 and x & (x - 1) == 0
 
 
-def check_tiling(seq_len_padded: int, chunk: int, d: int, e: int) -> None:
+def check_tiling(chunk: int, d: int, e: int, seq_len_padded: int = 0) -> None:
   """Triton block rules: power-of-two tiles, at least 16 wide for tensor-core dots."""
   for name, val in (("chunk_size", chunk), ("head dim D", d), ("value dim E", e)):
     if not _is_pow2(val) or val < 16:
@@ -133,7 +133,7 @@ def forward(a_HC, q, k, v, s0, *, chunk: int, seq_len: int, interpret: bool = Fa
   """Returns (o [B, Tp, H, E] float32, final state [B, H, D, E] float32)."""
   b, tp, h, d = q.shape
   e = v.shape[-1]
-  check_tiling(tp, chunk, d, e)
+  check_tiling(chunk, d, e, tp)
   seq, state, decay = _specs(tp, d, e, chunk)
   kernel = functools.partial(_fwd_kernel, chunk=chunk, seq_len=seq_len)
   return pl.pallas_call(
@@ -152,7 +152,7 @@ def backward(a_HC, q, k, v, s0, do, dst, *, chunk: int, seq_len: int, interpret:
   """Returns (dq, dk, dv, ds0) in float32 with the shapes of q, k, v, s0."""
   b, tp, h, d = q.shape
   e = v.shape[-1]
-  check_tiling(tp, chunk, d, e)
+  check_tiling(chunk, d, e, tp)
   seq, state, decay = _specs(tp, d, e, chunk)
   kernel = functools.partial(_bwd_kernel, chunk=chunk, seq_len=seq_len)
   return pl.pallas_call(

@@ -15,13 +15,17 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.linear_chunk import kernel
+from pallas_kernels.linear_chunk import kernel, kernel_tpu
 
 _F32 = jnp.float32
+VARIANTS = ("gpu", "tpu")
 
 
-def _pad_pow2(n: int) -> int:
-  return max(16, 1 << (n - 1).bit_length())
+def _pad_dim(n: int, variant: str) -> int:
+  """Head dims as the kernels tile them: GPU powers of two >= 16, TPU full or 128-multiples."""
+  if variant == "gpu":
+    return max(16, 1 << (n - 1).bit_length())
+  return n if n <= 128 else -(-n // 128) * 128
 
 
 def _pad(x, axis, size):
@@ -30,45 +34,64 @@ def _pad(x, axis, size):
   return jnp.pad(x, widths)
 
 
-def _padded(q, k, v, s0, chunk):
+def _padded(q, k, v, s0, chunk, variant):
   t, d, e = q.shape[1], q.shape[3], v.shape[3]
   tp = -(-t // chunk) * chunk
-  dp, ep = _pad_pow2(d), _pad_pow2(e)
+  dp, ep = _pad_dim(d, variant), _pad_dim(e, variant)
   q, k = (_pad(_pad(x, 1, tp), 3, dp) for x in (q, k))
   v = _pad(_pad(v, 1, tp), 3, ep)
   s0 = _pad(_pad(s0, 2, dp), 3, ep)
   return q, k, v, s0
 
 
-def _decay_rows(log_decay, chunk):
-  return jnp.broadcast_to(log_decay.astype(_F32)[:, None], (log_decay.shape[0], chunk))
+def _swap(x):
+  """[B, T, H, D] <-> [B, H, T, D] (the TPU kernels tile (T, D) as the last two dims)."""
+  return jnp.swapaxes(x, 1, 2)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _linear_chunk(q, k, v, log_decay, s0, chunk, interpret):
-  return _fwd(q, k, v, log_decay, s0, chunk, interpret)[0]
+def _kernel_fwd(variant, log_decay, q, k, v, s0, **kw):
+  a = log_decay.astype(_F32)
+  if variant == "gpu":
+    return kernel.forward(jnp.broadcast_to(a[:, None], (a.shape[0], kw["chunk"])), q, k, v, s0,
+                          **kw)
+  o, st = kernel_tpu.forward(a, _swap(q), _swap(k), _swap(v), s0, **kw)
+  return _swap(o), st
 
 
-def _fwd(q, k, v, log_decay, s0, chunk, interpret):
+def _kernel_bwd(variant, log_decay, q, k, v, s0, do, dst, **kw):
+  a = log_decay.astype(_F32)
+  if variant == "gpu":
+    return kernel.backward(jnp.broadcast_to(a[:, None], (a.shape[0], kw["chunk"])), q, k, v, s0,
+                           do, dst, **kw)
+  dq, dk, dv, ds0 = kernel_tpu.backward(a, _swap(q), _swap(k), _swap(v), s0, _swap(do), dst, **kw)
+  return _swap(dq), _swap(dk), _swap(dv), ds0
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+def _linear_chunk(q, k, v, log_decay, s0, chunk, interpret, variant):
+  return _fwd(q, k, v, log_decay, s0, chunk, interpret, variant)[0]
+
+
+def _fwd(q, k, v, log_decay, s0, chunk, interpret, variant):
   t, d, e = q.shape[1], q.shape[3], v.shape[3]
-  qp, kp, vp, s0p = _padded(q, k, v, s0, chunk)
-  o, st = kernel.forward(_decay_rows(log_decay, chunk), qp, kp, vp, s0p, chunk=chunk, seq_len=t,
-                         interpret=interpret)
+  qp, kp, vp, s0p = _padded(q, k, v, s0, chunk, variant)
+  o, st = _kernel_fwd(variant, log_decay, qp, kp, vp, s0p, chunk=chunk, seq_len=t,
+                      interpret=interpret)
   out = (o[:, :t, :, :e], st[:, :, :d, :e])
   return out, (q, k, v, log_decay, s0, out[1])
 
 
-def _bwd(chunk, interpret, res, cotangents):
+def _bwd(chunk, interpret, variant, res, cotangents):
   q, k, v, log_decay, s0, st = res
   do, dst = cotangents
   b, t, h, d = q.shape
   e = v.shape[3]
-  qp, kp, vp, s0p = _padded(q, k, v, s0, chunk)
+  qp, kp, vp, s0p = _padded(q, k, v, s0, chunk, variant)
   tp, dp, ep = qp.shape[1], qp.shape[3], vp.shape[3]
   dop = _pad(_pad(do.astype(_F32), 1, tp), 3, ep)
   dstp = _pad(_pad(dst.astype(_F32), 2, dp), 3, ep)
-  dq, dk, dv, ds0 = kernel.backward(_decay_rows(log_decay, chunk), qp, kp, vp, s0p, dop, dstp,
-                                    chunk=chunk, seq_len=t, interpret=interpret)
+  dq, dk, dv, ds0 = _kernel_bwd(variant, log_decay, qp, kp, vp, s0p, dop, dstp, chunk=chunk,
+                                seq_len=t, interpret=interpret)
   dq, dk, dv, ds0 = dq[:, :t, :, :d], dk[:, :t, :, :d], dv[:, :t, :, :e], ds0[:, :, :d, :e]
   pos = jnp.arange(1, t + 1, dtype=_F32)[None, :, None]
   qdq = jnp.sum(q.astype(_F32) * dq, axis=-1)
@@ -82,15 +105,17 @@ _linear_chunk.defvjp(_fwd, _bwd)
 
 
 def linear_chunk(q, k, v, log_decay, initial_state=None, *, chunk_size: int = 64,
-                 interpret: bool = False):
+                 interpret: bool = False, variant: str = "gpu"):
   """Chunked decayed linear attention; drop-in for ``reference.linear_chunk_reference``.
 
   Args:
     q, k: [B, T, H, D]; v: [B, T, H, E]; any T (padded to the chunk inside).
     log_decay: [H] log lambda_h <= 0.
     initial_state: [B, H, D, E] or None (zeros).
-    chunk_size: a power of two >= 16 (Triton tile rule, checked even in interpret mode).
+    chunk_size: GPU: a power of two >= 16 (Triton tile rule); TPU: a multiple of 8. Checked
+      even in interpret mode.
     interpret: run the kernels in the Pallas interpreter (CPU tests).
+    variant: ``gpu`` (Triton-style, ``kernel.py``) or ``tpu`` (Mosaic, ``kernel_tpu.py``).
 
   Returns:
     (o [B, T, H, E] float32, final state [B, H, D, E] float32).
@@ -100,7 +125,11 @@ def linear_chunk(q, k, v, log_decay, initial_state=None, *, chunk_size: int = 64
   if k.shape != q.shape or v.shape[:3] != q.shape[:3] or log_decay.shape != (h,):
     raise ValueError(f"linear_chunk: expected q, k [B, T, H, D], v [B, T, H, E], log_decay [H]; "
                      f"got q {q.shape}, k {k.shape}, v {v.shape}, log_decay {log_decay.shape}")
-  kernel.check_tiling(chunk_size, chunk_size, _pad_pow2(d), _pad_pow2(e))
+  if variant not in VARIANTS:
+    raise ValueError(f"linear_chunk: variant must be one of {list(VARIANTS)}, got {variant!r}")
+  checker = kernel.check_tiling if variant == "gpu" else kernel_tpu.check_tiling
+  checker(chunk_size, _pad_dim(d, variant), _pad_dim(e, variant))
   if initial_state is None:
     initial_state = jnp.zeros((b, h, d, e), _F32)
-  return _linear_chunk(q, k, v, log_decay, initial_state.astype(_F32), chunk_size, interpret)
+  return _linear_chunk(q, k, v, log_decay, initial_state.astype(_F32), chunk_size, interpret,
+                       variant)

@@ -1,4 +1,4 @@
-"""Pallas chunk kernels (interpret mode) vs the plain-jnp chunked reference, values and gradients."""
+"""Pallas chunk kernels, GPU and TPU variants in interpret mode, vs the plain-jnp chunked reference."""
 
 import jax
 import jax.numpy as jnp
@@ -33,18 +33,21 @@ def _grads(fn, q, k, v, a, s0, do, dst):
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(q, k, v, a, s0)
 
 
-CASES = [  # (seed, B, T, H, D, E, chunk, smallest decay, dtype, tol)
-    (0, 1, 45, 2, 8, 12, 16, 0.9, jnp.float32, 1e-5),
-    (1, 2, 32, 2, 16, 16, 16, 0.2, jnp.float32, 1e-5),
-    (2, 1, 70, 2, 16, 8, 32, 0.5, jnp.float32, 1e-5),
-    (3, 1, 37, 2, 8, 8, 16, 0.7, jnp.bfloat16, 1e-2),
+CASES = [  # (variant, seed, B, T, H, D, E, chunk, smallest decay, dtype, tol)
+    ("gpu", 0, 1, 45, 2, 8, 12, 16, 0.9, jnp.float32, 1e-5),
+    ("gpu", 1, 2, 32, 2, 16, 16, 16, 0.2, jnp.float32, 1e-5),
+    ("gpu", 2, 1, 70, 2, 16, 8, 32, 0.5, jnp.float32, 1e-5),
+    ("gpu", 3, 1, 37, 2, 8, 8, 16, 0.7, jnp.bfloat16, 1e-2),
+    ("tpu", 4, 1, 21, 2, 8, 4, 8, 0.3, jnp.float32, 1e-5),
+    ("tpu", 5, 1, 19, 1, 8, 8, 16, 0.8, jnp.bfloat16, 1e-2),
 ]
 
 
-@pytest.mark.parametrize("seed,b,t,h,d,e,chunk,lam_lo,dtype,tol", CASES)
-def test_kernel_matches_reference(seed, b, t, h, d, e, chunk, lam_lo, dtype, tol):
+@pytest.mark.parametrize("variant,seed,b,t,h,d,e,chunk,lam_lo,dtype,tol", CASES)
+def test_kernel_matches_reference(variant, seed, b, t, h, d, e, chunk, lam_lo, dtype, tol):
   q, k, v, a, s0, do, dst = _inputs(seed, b, t, h, d, e, lam_lo, dtype)
-  kern = lambda q, k, v, a, s0: ops.linear_chunk(q, k, v, a, s0, chunk_size=chunk, interpret=True)
+  kern = lambda q, k, v, a, s0: ops.linear_chunk(q, k, v, a, s0, chunk_size=chunk, interpret=True,
+                                                 variant=variant)
   ref = lambda q, k, v, a, s0: linear_chunk_reference(q, k, v, a, s0, chunk_size=chunk)
   g_k, (o_k, s_k) = _grads(kern, q, k, v, a, s0, do, dst)
   # The bf16 kernel is judged against the float32 reference on the same (rounded) inputs.
@@ -75,5 +78,9 @@ def test_tiling_rules_are_checked():
     ops.linear_chunk(q, q, q, jnp.zeros(2), chunk_size=24, interpret=True)
   with pytest.raises(ValueError, match="chunk_size"):
     ops.linear_chunk(q, q, q, jnp.zeros(2), chunk_size=8, interpret=True)
+  with pytest.raises(ValueError, match="multiple of 8"):
+    ops.linear_chunk(q, q, q, jnp.zeros(2), chunk_size=12, interpret=True, variant="tpu")
+  with pytest.raises(ValueError, match="variant"):
+    ops.linear_chunk(q, q, q, jnp.zeros(2), chunk_size=16, interpret=True, variant="ipu")
   with pytest.raises(ValueError, match="form"):
     attention(q, q, q, method="lightning", impl="pallas", form="parallel")

@@ -11,21 +11,20 @@ from jaxllm.attention.linear.options import Spec
 IMPLS = ("xla", "pallas", "auto")
 
 
-def resolve_impl(impl: str, form: str) -> tuple[str, bool]:
-  """(impl to run, interpret flag).
+def resolve_impl(impl: str, form: str) -> tuple[str, bool, str]:
+  """(impl to run, interpret flag, kernel variant).
 
   ``auto`` takes the GPU chunk kernel for the chunked form on GPU and the jnp forms elsewhere;
-  ``pallas`` runs that kernel, in the interpreter on CPU. There is no TPU (Mosaic) variant.
+  ``pallas`` runs the backend's kernel (Triton-style on GPU, Mosaic on TPU), and the GPU kernel
+  in the interpreter on CPU.
   """
   if impl not in IMPLS:
     raise ValueError(f"linear attention: impl must be one of {list(IMPLS)}, got {impl!r}")
   backend = jax.default_backend()
+  variant = "tpu" if backend == "tpu" else "gpu"
   if impl == "auto":
-    return ("pallas" if backend == "gpu" and form == "chunked" else "xla"), False
-  if impl == "pallas" and backend == "tpu":
-    raise ValueError("linear attention: impl='pallas' has a GPU kernel only; use 'xla' or 'auto' "
-                     "on TPU")
-  return impl, impl == "pallas" and backend == "cpu"
+    return ("pallas" if backend == "gpu" and form == "chunked" else "xla"), False, variant
+  return impl, impl == "pallas" and backend == "cpu", variant
 
 
 def expand_kv(x_BSKD, num_heads):
@@ -61,10 +60,10 @@ def apply(q, k, v, spec: Spec, *, causal=True, form="chunked", chunk_size=64, im
     return _global(q, k, v, spec, initial_state)
   if t < s:
     q = jnp.pad(q, ((0, 0), (s - t, 0), (0, 0), (0, 0)))
-  impl, interpret = resolve_impl(impl, form)
+  impl, interpret, variant = resolve_impl(impl, form)
   o, state = forms.attend(q, k, v, spec.log_decay, form=form, chunk_size=chunk_size,
                           normalize=spec.normalize, eps=spec.eps, initial_state=initial_state,
-                          impl=impl, interpret=interpret)
+                          impl=impl, interpret=interpret, kernel_variant=variant)
   return o[:, s - t:], state
 
 

@@ -134,7 +134,7 @@ FORMS = {"parallel": parallel, "chunked": chunked, "recurrent": recurrent}
 
 def attend(q, k, v, log_decay, *, form: str = "chunked", chunk_size: int = 64,
            normalize: bool = False, eps: float = 1e-6, initial_state=None, impl: str = "xla",
-           interpret: bool = False):
+           interpret: bool = False, kernel_variant: str = "gpu"):
   """Decayed linear attention in the chosen ``form``, optionally normalised.
 
   Args:
@@ -148,6 +148,7 @@ def attend(q, k, v, log_decay, *, form: str = "chunked", chunk_size: int = 64,
     initial_state: [B, H, D, E (+1 if normalize)] state carried in from earlier tokens.
     impl: ``xla`` (plain jnp) or ``pallas`` (the chunk kernel; chunked form only).
     interpret: run the Pallas kernel in interpret mode (CPU).
+    kernel_variant: ``gpu`` or ``tpu`` Pallas kernel.
 
   Returns:
     (o [B, T, H, E] float32, final state float32).
@@ -160,9 +161,10 @@ def attend(q, k, v, log_decay, *, form: str = "chunked", chunk_size: int = 64,
     if form != "chunked":
       raise ValueError(f"linear attention: impl='pallas' runs the chunked form only, got form "
                        f"{form!r}")
+    # Imported here: the kernels' reference module imports this one.
     from pallas_kernels.linear_chunk import ops  # pylint: disable=g-import-not-at-top
     o, state = ops.linear_chunk(q, k, v, log_decay, initial_state, chunk_size=chunk_size,
-                                interpret=interpret)
+                                interpret=interpret, variant=kernel_variant)
   elif form == "chunked":
     o, state = chunked(q, k, v, log_decay, initial_state, chunk_size=chunk_size)
   else:
