@@ -141,3 +141,27 @@ def test_bad_inputs_raise_clear_errors():
     ops.block_sparse_attention(q, k, v, table, window=0)
   with pytest.raises(ValueError, match="BlockTable"):
     ops.block_sparse_attention(q, k, v, np.ones((1, 1, 2, 2)))
+
+
+def test_gpu_kernels_lower_to_triton(monkeypatch):
+  """Interpret mode skips Triton's rules (power-of-two tiles, supported ops); lowering checks them.
+
+  Lowers forward and backward for CUDA from this CPU host, posing as an H100 (jax only needs
+  the device's compute capability to emit Triton IR).
+  """
+  from jax import export  # pylint: disable=g-import-not-at-top
+  from jax._src.pallas.triton import gpu_info, pallas_call_registration  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(pallas_call_registration.gpu_info_lib, "get_gpu_info",
+                      lambda: gpu_info._get_gpu_info_impl(gpu_info.GpuVersion.H100))
+  q = jax.ShapeDtypeStruct((1, 200, 4, 80), jnp.bfloat16)
+  k = jax.ShapeDtypeStruct((1, 200, 2, 80), jnp.bfloat16)
+  table = masks.sliding_window_table(200, 200, window=70, sinks=4, block_q=64, block_k=32)
+  fn = lambda q, k, v: ops.block_sparse_attention(
+      q, k, v, table, impl="pallas", window=70, sinks=4, softcap=30.0)
+  grad = jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v).astype(jnp.float32)), (0, 1, 2))
+  exported = export.export(
+      jax.jit(grad), platforms=["cuda"],
+      disabled_checks=[export.DisabledSafetyCheck.custom_call("__gpu$xla.gpu.triton")])(q, k, k)
+  text = exported.mlir_module()
+  for name in ("block_sparse_fwd", "block_sparse_dq", "block_sparse_dkv"):
+    assert f'name = "{name}"' in text
