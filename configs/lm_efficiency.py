@@ -7,9 +7,9 @@ Full (small LMs, still CPU-sized):
 Figure:
   python scripts/figures/fig_lm_efficiency.py --workdir=runs/lm_efficiency_smoke
 
-Every variant shares the model below and changes only its attention (``variants``); add e.g.
-``transnormer=dict(block="transnormer", attention="lightning")`` where the decoder offers that
-block.
+Every variant shares the model below (width, depth, heads, data, steps, optimizer) and changes
+only its attention, or for ``transnormer`` the block (TransNormerLLM: SRMSNorm, gated lightning
+attention, simple GLU).
 """
 
 import ml_collections
@@ -35,6 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       softmax=dict(attention="dense", attention_options={}),
       linear=dict(attention="linear", attention_options={"feature_map": "elu1"}),
       lightning=dict(attention="lightning", attention_options={"chunk_size": 64}),
+      transnormer=dict(block="transnormer", attention="lightning",
+                       attention_options={"chunk_size": 64}),
   ))
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", learning_rate=1e-3, schedule="cosine", warmup_steps=100, grad_clip=1.0,
@@ -44,11 +46,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(num_sequences=512, timing_repeats=5))
 
   if arg in ("smoke", "tiny"):
-    c.recall.update(num_pairs=16, num_queries=16, num_keys=32, num_values=32)
+    c.recall.update(num_pairs=8, num_queries=8, num_keys=16, num_values=16)
     c.text.update(max_bytes=1_000_000, seq_len=64)
     c.model.update(d_model=64, num_layers=2, num_heads=4)
     c.variants.lightning.attention_options = {"chunk_size": 16}
-    c.train.update(steps=400, batch_size=32, log_every=20, checkpoint_every=400)
+    c.variants.transnormer.attention_options = {"chunk_size": 16}
+    c.train.update(steps=500, batch_size=32, log_every=20, checkpoint_every=500)
     c.optimizer.update(learning_rate=3e-3, warmup_steps=40)
     c.eval.num_sequences = 256
   if arg == "tiny":  # seconds: wiring checks only

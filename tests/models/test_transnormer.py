@@ -7,7 +7,6 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxllm.models import config as config_lib
 from jaxllm.models import transformer
 from jaxllm.models.config import TransformerConfig
 from jaxllm.models.transnormer import TransNormerBlock, srms_norm
@@ -26,15 +25,8 @@ def _cfg(**kw):
   return TransformerConfig(**base)
 
 
-@pytest.fixture
-def lm_with_transnormer(monkeypatch):
-  """The decoder LM with ``model.block='transnormer'`` (selected here until the config lists it)."""
-  monkeypatch.setattr(config_lib, "BLOCKS", config_lib.BLOCKS + ("transnormer",))
-  monkeypatch.setitem(transformer.BLOCK_CLASSES, "transnormer", TransNormerBlock)
-
-  def build(**kw):
-    return transformer.Transformer(_cfg(block="transnormer", **kw), rngs=nnx.Rngs(0))
-  return build
+def _lm(**kw):
+  return transformer.Transformer(_cfg(block="transnormer", **kw), rngs=nnx.Rngs(0))
 
 
 def test_srms_norm():
@@ -60,9 +52,9 @@ def test_block_is_causal_and_forms_agree():
 
 
 @pytest.mark.parametrize("positions", ["rope", "learned"])
-def test_decoding_reproduces_logits(lm_with_transnormer, positions):
+def test_decoding_reproduces_logits(positions):
   """Recurrent decoding (O(1) state per layer) gives the full forward pass's logits per token."""
-  model = lm_with_transnormer(positions=positions)
+  model = _lm(positions=positions)
   tokens = jnp.asarray(np.random.default_rng(2).integers(0, 37, size=(2, 19)))
   want = model(tokens)
   states = [blk.init_state(2) for blk in model.blocks]
@@ -77,9 +69,9 @@ def test_decoding_reproduces_logits(lm_with_transnormer, positions):
   assert rel_rmse(jnp.stack(got, axis=1), want) < 1e-4
 
 
-def test_lm_trains(lm_with_transnormer):
+def test_lm_trains():
   """A few Adam steps on a repeating sequence reduce the loss; every parameter gets a gradient."""
-  model = lm_with_transnormer()
+  model = _lm()
   tokens = jnp.tile(jnp.arange(8), (4, 3))
   graphdef, params = nnx.split(model, nnx.Param)
   opt = optax.adam(3e-3)
