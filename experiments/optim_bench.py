@@ -141,13 +141,17 @@ def run(config, workdir: str) -> dict:
     entry = {"optimizer": name, "learning_rate": lr, "hparams": hparams}
     try:
       result = train(c, run_dir, task, progress=bool(config.progress))
-      entry.update(final_train_loss=result.last_metrics.get("loss"), diverged=False,
+      entry.update(diverged=False,
                    eval_loss=_eval_loss(result.model, task, int(config.eval.num_sequences)))
       params = nnx.state(result.model, nnx.Param).to_pure_dict()
     except FloatingPointError as e:
-      entry.update(final_train_loss=None, eval_loss=None, diverged=True, error=str(e))
+      entry.update(eval_loss=None, diverged=True, error=str(e))
       params = nnx.state(task.init_model(nnx.Rngs(c.seed)), nnx.Param).to_pure_dict()
     entry["loss_curve"] = [(m["step"], m["loss"]) for m in read_metrics(run_dir)]
+    # From the log rather than the loop's last metrics, so a finished run that is resumed (and
+    # so takes no step) still reports its loss.
+    entry["final_train_loss"] = (None if entry["diverged"] or not entry["loss_curve"]
+                                 else entry["loss_curve"][-1][1])
     opt = make_optimizer(c.optimizer, p["steps"])
     entry["state_bytes"] = optim.state_bytes(name, params, _schedule_of(c, p["steps"]),
                                              **hparams)

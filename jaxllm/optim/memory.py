@@ -4,7 +4,8 @@
 (plus the few counters and PRNG keys each chain keeps), from shapes and labels alone. For a
 hidden kernel of shape (a, b) = (in, out) with rank r, bytes per float32 entry = 4:
 
-  adam, adamw, sophia_g, adahessian, spam   2 a b
+  adam, adamw, sophia_g, adahessian        2 a b
+  spam                                      2 a b (+ a 4-byte scalar marking the leaf dense)
   lion, muon, sgd with momentum             a b
   sophia_h                                  2 a b (+ one PRNG key)
   adafactor                                 a + b when both >= 128, else a b
@@ -118,7 +119,7 @@ def _spam_bytes(leaves, density):
     if density is not None and len(s) == 2:
       total += 3 * _F32 * max(int(density * _numel(s)), 1)
     else:
-      total += 2 * _F32 * _numel(s)
+      total += 2 * _F32 * _numel(s) + 4  # + the scalar "dense" marker
   return total
 
 

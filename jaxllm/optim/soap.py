@@ -27,8 +27,8 @@ class SoapState(NamedTuple):
   count: jax.Array  # calls so far (the first one only sets up the preconditioner)
   mu: optax.Updates
   nu: optax.Updates
-  gg: optax.Updates  # per leaf: tuple of (d_i, d_i) factors, (0, 0) for an unrotated axis
-  q: optax.Updates   # per leaf: tuple of (d_i, d_i) bases, (0, 0) for an unrotated axis
+  gg: optax.Updates  # per leaf: tuple of (d_i, d_i) factors, None for an unrotated axis
+  q: optax.Updates   # per leaf: tuple of (d_i, d_i) bases, None for an unrotated axis
 
 
 def rotated_axes(shape, max_precond_dim: int) -> tuple[bool, ...]:
@@ -40,7 +40,7 @@ def rotated_axes(shape, max_precond_dim: int) -> tuple[bool, ...]:
 def rotate(x: jax.Array, qs, back: bool = False) -> jax.Array:
   """Multiplies ``x`` by Q_i^T (or Q_i when ``back``) along every rotated axis i."""
   for i, q in enumerate(qs):
-    if q.size:
+    if q is not None:
       x = jnp.moveaxis(jnp.tensordot(x, q.T if back else q, axes=([i], [0])), -1, i)
   return x
 
@@ -70,7 +70,7 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, shampoo_b: float | None = 
   sb = b2 if shampoo_b is None else shampoo_b
 
   def factors(x):
-    return tuple(jnp.zeros((d, d) if rot else (0, 0), jnp.float32)
+    return tuple(jnp.zeros((d, d), jnp.float32) if rot else None
                  for d, rot in zip(x.shape, rotated_axes(x.shape, max_precond_dim)))
 
   def init_fn(params):
@@ -89,19 +89,19 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, shampoo_b: float | None = 
       g = g.astype(jnp.float32)
 
       def setup():
-        ggs2 = tuple(gg if not gg.size else (1.0 - sb) * _outer(g, i) for i, gg in enumerate(ggs))
-        qs2 = tuple(gg if not gg.size else _eig_desc(gg) for gg in ggs2)
+        ggs2 = tuple(None if gg is None else (1.0 - sb) * _outer(g, i) for i, gg in enumerate(ggs))
+        qs2 = tuple(None if gg is None else _eig_desc(gg) for gg in ggs2)
         return jnp.zeros_like(g), m, v, ggs2, qs2
 
       def step():
         m2 = b1 * m + (1.0 - b1) * g
         v2 = b2 * v + (1.0 - b2) * jnp.square(rotate(g, qs))
         u = bc * rotate(rotate(m2, qs) / (jnp.sqrt(v2) + eps), qs, back=True)
-        ggs2 = tuple(gg if not gg.size else sb * gg + (1.0 - sb) * _outer(g, i)
+        ggs2 = tuple(None if gg is None else sb * gg + (1.0 - sb) * _outer(g, i)
                      for i, gg in enumerate(ggs))
         qs2 = list(qs)
         for i, gg in enumerate(ggs2):
-          if gg.size:
+          if gg is not None:
             qi, vi = _qr_refresh(gg, qs[i], v2, i)
             qs2[i] = jnp.where(refresh, qi, qs[i])
             v2 = jnp.where(refresh, vi, v2)

@@ -31,7 +31,7 @@ class SpamState(NamedTuple):
   key: jax.Array
   mu: optax.Updates
   nu: optax.Updates
-  idx: optax.Updates  # per leaf: flat indices of the sparse subset, or an empty array when dense
+  idx: optax.Updates  # per leaf: flat indices of the sparse subset, or a scalar -1 when dense
 
 
 def warmup_scale(count: jax.Array, reset_interval: int, warmup: int) -> jax.Array:
@@ -50,8 +50,8 @@ def _sparse_size(x, density):
 
 def _draw_idx(key, x, density):
   k = _sparse_size(x, density)
-  if k is None:
-    return jnp.zeros((0,), jnp.int32)
+  if k is None:  # a scalar rather than an empty array: checkpointers refuse zero-size arrays
+    return jnp.full((), -1, jnp.int32)
   return jnp.sort(jax.random.choice(key, x.size, (k,), replace=False)).astype(jnp.int32)
 
 
@@ -71,7 +71,7 @@ def scale_by_spam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, theta: 
     raise ValueError(f"spam density must be in (0, 1] or None, got {density}")
 
   def moments_like(x, idx):
-    return jnp.zeros(idx.shape if idx.size else x.shape, jnp.float32)
+    return jnp.zeros(idx.shape if idx.ndim else x.shape, jnp.float32)
 
   def init_fn(params):
     key, sub = jax.random.split(jax.random.PRNGKey(seed))
@@ -92,7 +92,7 @@ def scale_by_spam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, theta: 
 
     def leaf(g, m, v, ix):
       g32 = g.astype(jnp.float32)
-      g_sub = g32.reshape(-1)[ix] if ix.size else g32
+      g_sub = g32.reshape(-1)[ix] if ix.ndim else g32
       m = jnp.where(reset, 0.0, m)
       v = jnp.where(reset, 0.0, v)
       cap = jnp.sqrt(theta * v)
@@ -101,7 +101,7 @@ def scale_by_spam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6, theta: 
       m = b1 * m + (1.0 - b1) * g_sub
       v = b2 * v + (1.0 - b2) * g_sub * g_sub
       u = scale * m / (jnp.sqrt(v) + eps)
-      if ix.size:
+      if ix.ndim:
         u = jnp.zeros((g.size,), jnp.float32).at[ix].set(u).reshape(g.shape)
       return u.astype(g.dtype), m, v
 
