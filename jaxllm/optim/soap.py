@@ -99,13 +99,15 @@ def scale_by_soap(b1: float = 0.95, b2: float = 0.95, shampoo_b: float | None = 
         u = bc * rotate(rotate(m2, qs) / (jnp.sqrt(v2) + eps), qs, back=True)
         ggs2 = tuple(None if gg is None else sb * gg + (1.0 - sb) * _outer(g, i)
                      for i, gg in enumerate(ggs))
-        qs2 = list(qs)
-        for i, gg in enumerate(ggs2):
-          if gg is not None:
-            qi, vi = _qr_refresh(gg, qs[i], v2, i)
-            qs2[i] = jnp.where(refresh, qi, qs[i])
-            v2 = jnp.where(refresh, vi, v2)
-        return u, m2, v2, ggs2, tuple(qs2)
+        def refreshed(v2):
+          qs2 = list(qs)
+          for i, gg in enumerate(ggs2):
+            if gg is not None:
+              qs2[i], v2 = _qr_refresh(gg, qs[i], v2, i)
+          return tuple(qs2), v2
+
+        qs2, v2 = jax.lax.cond(refresh, refreshed, lambda v2: (qs, v2), v2)
+        return u, m2, v2, ggs2, qs2
 
       return jax.lax.cond(n == 0, setup, step)
 
