@@ -1,7 +1,8 @@
 """Block-sparse attention entry point: validation, padding, ``custom_vjp`` around the GPU kernel.
 
-``block_sparse_attention(q, k, v, table, impl=...)`` runs the gather path (``xla``) or the Pallas
-Triton kernels (``pallas``); vertical-slash leftover columns are attended by a gather and merged
+``block_sparse_attention(q, k, v, table, impl=...)`` runs the gather path (``xla``), the Pallas
+Triton kernels (``pallas``) or the Mosaic TPU kernels of ``block_sparse_tpu`` (``pallas_tpu``);
+vertical-slash leftover columns are attended by a gather and merged
 with the block part through their log-sum-exps, which the kernel's backward also differentiates.
 """
 
@@ -11,8 +12,9 @@ import jax
 import jax.numpy as jnp
 
 from pallas_kernels.block_sparse import kernel_gpu, masks, xla
+from pallas_kernels.block_sparse_tpu import ops as tpu_ops
 
-IMPLS = ("xla", "pallas")
+IMPLS = ("xla", "pallas", "pallas_tpu")
 
 
 def check_options(*, window, sinks, softcap, scale) -> None:
@@ -108,7 +110,8 @@ def block_sparse_attention(q, k, v, mask, *, causal=True, scale=None, window=Non
     scale: logit scale, default 1 / sqrt(D).
     window, sinks: optional element-wise sliding window (and sink tokens) inside listed blocks.
     softcap: optional tanh logit cap.
-    impl: ``xla`` (gather path, any backend) or ``pallas`` (GPU Triton kernel).
+    impl: ``xla`` (gather path, any backend), ``pallas`` (GPU Triton kernel) or ``pallas_tpu``
+      (TPU Mosaic kernel; blocks must be multiples of 128).
     interpret: run the Pallas kernel in interpret mode (CPU tests).
     return_lse: also return the float32 log-sum-exp [B, H, T] (-inf for rows that see nothing).
 
@@ -131,6 +134,10 @@ def block_sparse_attention(q, k, v, mask, *, causal=True, scale=None, window=Non
   opts = dict(causal=causal, scale=scale, window=window, sinks=sinks, softcap=softcap)
   if impl == "pallas":
     o, lse = _pallas_blocks(q, k, v, table, interpret=interpret, **opts)
+  elif impl == "pallas_tpu":
+    o, lse = tpu_ops.block_sparse_attention_tpu(
+        q, k, v, table.kv_idx, table.kv_cnt, block_q=table.block_q, block_k=table.block_k,
+        return_lse=True, interpret=interpret, **opts)
   else:
     o, lse = xla.blocks_attention(q, k, v, table, **opts)
   if isinstance(mask, masks.VerticalSlash):

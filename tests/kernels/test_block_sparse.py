@@ -106,6 +106,18 @@ def test_vertical_slash_columns_and_gradients(impl):
   _compare(fn, q, k, v, w, vs, 1e-5, causal=True)
 
 
+def test_vertical_slash_through_the_tpu_kernel_merges_columns():
+  """The Mosaic kernel (interpreted) serves the blocks; columns merge through its lse."""
+  b, t, s, h, hkv, d = 1, 200, 260, 2, 1, 32
+  q, k, v, w = _inputs(jax.random.key(10), b, t, s, h, hkv, d, jnp.float32)
+  cols = jax.random.randint(jax.random.key(11), (b, h, 6), 0, s)
+  vs = masks.vertical_slash(cols, jnp.zeros((b, h, 1), jnp.int32), seq_q=t, seq_k=s,
+                            block_q=128, block_k=128)
+  assert int(vs.col_cnt.sum()) > 0
+  fn = functools.partial(ops.block_sparse_attention, mask=vs, impl="pallas_tpu", interpret=True)
+  _compare(fn, q, k, v, w, vs, 1e-5, causal=True)
+
+
 @pytest.mark.parametrize("impl", ["xla", "pallas"])
 def test_full_causal_table_equals_dense_attention(impl):
   b, t, s, h, hkv, d = 1, 50, 50, 4, 2, 16

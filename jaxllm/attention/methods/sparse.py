@@ -1,9 +1,11 @@
 """Static block-sparse attention methods: sliding window, sink + window, and given tables.
 
 All three run ``pallas_kernels.block_sparse``: ``xla`` is its gather path (no T x T mask, fine on
-CPU at long T), ``pallas`` its Triton kernel (interpreted off-GPU), ``auto`` the kernel on GPU and
-the gather path elsewhere. Windows and sinks are exact: the table lists the blocks they touch and
-the kernel masks element-wise inside them, so the results equal ``dense`` with the same options.
+CPU at long T), ``pallas`` the Triton kernel on GPU, the Mosaic kernel of ``block_sparse_tpu`` on
+TPU and the interpreted Triton kernel elsewhere, ``auto`` the backend's kernel when the blocks fit
+it and the gather path otherwise. Windows and sinks are exact: the table lists the blocks they
+touch and the kernel masks element-wise inside them, so the results equal ``dense`` with the same
+options.
 """
 
 import math
@@ -12,18 +14,28 @@ import jax
 
 from jaxllm.attention.registry import register
 from pallas_kernels.block_sparse import kernel_gpu, masks, ops
+from pallas_kernels.block_sparse_tpu.config import NUM_LANES
 
 BLOCK_Q = 128
-BLOCK_K = 64
+BLOCK_K = 128  # multiples of the TPU lane width serve the Mosaic kernel too
 
 
 def _impl(impl: str, table: masks.BlockTable) -> tuple[str, bool]:
-  """Resolves ``auto`` and says whether the Pallas kernel has to be interpreted here."""
-  on_gpu = jax.default_backend() == "gpu"
+  """Maps ``impl`` to the kernel of this backend; also says whether it must be interpreted.
+
+  ``pallas`` is the Triton kernel on GPU, the Mosaic kernel on TPU and the interpreted Triton
+  kernel elsewhere; ``auto`` takes the backend's kernel when the block sizes fit it, else ``xla``.
+  """
+  backend = jax.default_backend()
   if impl == "auto":
-    fits = on_gpu and kernel_gpu.blocks_fit(table.block_q, table.block_k)
-    return ("pallas" if fits else "xla"), False
-  return impl, impl == "pallas" and not on_gpu
+    if backend == "gpu" and kernel_gpu.blocks_fit(table.block_q, table.block_k):
+      return "pallas", False
+    if backend == "tpu" and table.block_q % NUM_LANES == 0 and table.block_k % NUM_LANES == 0:
+      return "pallas_tpu", False
+    return "xla", False
+  if impl == "pallas" and backend == "tpu":
+    return "pallas_tpu", False
+  return impl, impl == "pallas" and backend != "gpu"
 
 
 def run(q, k, v, mask, *, impl, causal, scale=None, window=None, sinks=0, softcap=None):
