@@ -1,6 +1,6 @@
 """Block-sparse attention tables and the builders that produce them, in plain JAX.
 
-A :class:`BlockTable` lists, per (batch, query head, query block), the key blocks that block attends:
+A :class:`BlockTable` lists, per (batch, query head, query block), the key blocks it attends:
 
 * ``kv_idx`` int32 [B, H, nq, max_blocks]: key-block indices in ascending order;
 * ``kv_cnt`` int32 [B, H, nq]: how many leading entries of ``kv_idx`` are valid (0 allowed: the

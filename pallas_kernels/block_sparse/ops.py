@@ -19,7 +19,8 @@ IMPLS = ("xla", "pallas", "pallas_tpu")
 
 def check_options(*, window, sinks, softcap, scale) -> None:
   if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
-    raise ValueError(f"block-sparse attention: window must be a positive int or None, got {window!r}")
+    raise ValueError(
+        f"block-sparse attention: window must be a positive int or None, got {window!r}")
   if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
     raise ValueError(f"block-sparse attention: sinks must be a non-negative int, got {sinks!r}")
   if sinks and window is None:

@@ -3,7 +3,8 @@
 Dense is the same gather path run with the full causal table (flash-style, O(T * block) memory);
 at the shortest length the materialised dense reference is timed too. Sparse tables keep, per
 query block, the diagonal block plus top-scoring random visible blocks, one budget for all query
-blocks sized to ``density`` of the causal blocks. Ratios are measured in one run, so a shared machine's load cancels out.
+blocks sized to ``density`` of the causal blocks. Ratios are measured in one run, so a shared
+machine's load cancels out.
 
   python scripts/benchmarks/bench_block_sparse_cpu.py --out runs/bench_block_sparse_cpu.json
 """

@@ -5,8 +5,9 @@ Dense rows time forward and forward+backward of causal attention and report TFLO
 forward = 2 * B * H * T^2 * D FLOPs, backward counted as 2.5x forward, the FlashAttention
 convention). Sparse rows run the same kernel on tables that keep, per query block, the diagonal
 block plus random blocks up to ``density`` of the causal blocks, and report the speedup over the
-kernel's own full causal table (their TFLOP/s count whole listed tiles). Every implementation that fails (e.g. cuDNN on an unsupported
-GPU) is recorded with its error instead of stopping the run.
+kernel's own full causal table (their TFLOP/s count whole listed tiles). Every implementation
+that fails (e.g. cuDNN on an unsupported GPU) is recorded with its error instead of stopping the
+run.
 
   python scripts/benchmarks/bench_block_sparse_gpu.py --out runs/bench_block_sparse_gpu.json
   python scripts/benchmarks/bench_block_sparse_gpu.py --smoke   # tiny shapes, interpret, any host

@@ -1,4 +1,4 @@
-"""Block-sparse attention: gather path and Pallas GPU kernel (interpreted) vs the dense-mask spec."""
+"""Block-sparse attention: gather path and Pallas kernels (interpreted) vs the dense-mask spec."""
 
 import functools
 
@@ -162,7 +162,8 @@ def test_gpu_kernels_lower_to_triton(monkeypatch):
   the device's compute capability to emit Triton IR).
   """
   from jax import export  # pylint: disable=g-import-not-at-top
-  from jax._src.pallas.triton import gpu_info, pallas_call_registration  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from jax._src.pallas.triton import gpu_info, pallas_call_registration
   monkeypatch.setattr(pallas_call_registration.gpu_info_lib, "get_gpu_info",
                       lambda: gpu_info._get_gpu_info_impl(gpu_info.GpuVersion.H100))
   q = jax.ShapeDtypeStruct((1, 200, 4, 80), jnp.bfloat16)
