@@ -21,7 +21,7 @@ def _bars(ax, names, values, title, ylabel, fmt="{:.2f}"):
   ax.bar(xs, values, color=[f"C{i}" for i in range(len(names))])
   for x, v in zip(xs, values):
     ax.text(x, v, fmt.format(v), ha="center", va="bottom", fontsize=7)
-  ax.set_xticks(xs, names)
+  ax.set_xticks(xs, names, rotation=20, fontsize=8)
   ax.set_title(title, fontsize=9)
   ax.set_ylabel(ylabel)
 
@@ -44,7 +44,7 @@ def plot(results: dict, out_path: str) -> str:
     xs = np.arange(len(names)) + (i - (len(runs) - 1) / 2) * width
     axes[2].bar(xs, [by_variant[n]["forward_tokens_per_s"] / 1e3 for n in names], width,
                 label=f"{task} (T={by_variant[names[0]]['seq_len']})", color=f"C{i + 4}")
-    axes[2].set_xticks(np.arange(len(names)), names)
+    axes[2].set_xticks(np.arange(len(names)), names, rotation=20, fontsize=8)
   axes[2].set_title("Forward throughput", fontsize=9)
   axes[2].set_ylabel("k tokens / s")
   axes[2].legend(frameon=False, fontsize=7)
