@@ -1,5 +1,8 @@
 """Smoke-scale check of Tarzanagh et al.: GD on softmax attention aligns with the Att-SVM solution."""
 
+import importlib.util
+import os
+
 import jax
 import numpy as np
 import pytest
@@ -49,3 +52,16 @@ def test_config_validation():
   config.query = "middle"
   with pytest.raises(ValueError, match="query"):
     attention_svm.run(config, "/nonexistent")
+
+
+def _load_figure(name):
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures", f"fig_{name}.py")
+  spec = importlib.util.spec_from_file_location(f"fig_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_figure_is_written(tmp_path, results):
+  out = _load_figure("attention_svm").plot(results, str(tmp_path / "attention_svm.png"))
+  assert os.path.getsize(out) > 10_000

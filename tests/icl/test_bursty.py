@@ -1,5 +1,8 @@
 """Bursty classification: generator structure, model shapes, and ICL emerging only with burstiness."""
 
+import importlib.util
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -124,3 +127,8 @@ def test_icl_emerges_only_with_bursty_training(tmp_path):
   assert burst["icl_transition_step"] is not None
   # Without burstiness the context is useless during training: ICL stays at 1/L chance.
   assert iid["final_icl"] < iid["chance_uniform"] + 0.05
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures", "fig_bursty.py")
+  spec = importlib.util.spec_from_file_location("fig_bursty", path)
+  figure = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(figure)
+  assert os.path.getsize(figure.plot(results, str(tmp_path / "bursty.png"))) > 10_000

@@ -1,5 +1,8 @@
 """Smoke-scale check of Zhang-Frei-Bartlett: trained LSA learns Gamma^-1 and the predicted errors."""
 
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 
@@ -50,3 +53,16 @@ def test_task_shift_is_harmless_and_covariate_shift_is_not(results):
 def test_config_rejects_unknown_arg():
   with pytest.raises(ValueError, match="smoke"):
     config_lib.get_config("tiny")
+
+
+def _load_figure(name):
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures", f"fig_{name}.py")
+  spec = importlib.util.spec_from_file_location(f"fig_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_figure_is_written(tmp_path, results):
+  out = _load_figure("lsa_closed_form").plot(results, str(tmp_path / "lsa_closed_form.png"))
+  assert os.path.getsize(out) > 10_000

@@ -1,5 +1,8 @@
 """Smoke-scale check of von Oswald et al.: a trained 1-layer LSA is one GD step at the best rate."""
 
+import importlib.util
+import os
+
 import pytest
 
 from configs.icl import lsa_gd as config_lib
@@ -17,8 +20,13 @@ def _config(num_layers):
 
 
 @pytest.fixture(scope="module")
-def one_layer(tmp_path_factory):
-  return lsa_gd.run(_config((1,)), str(tmp_path_factory.mktemp("lsa_gd")))["models"]["1"]
+def results(tmp_path_factory):
+  return lsa_gd.run(_config((1,)), str(tmp_path_factory.mktemp("lsa_gd")))
+
+
+@pytest.fixture(scope="module")
+def one_layer(results):
+  return results["models"]["1"]
 
 
 def test_one_layer_lsa_reaches_best_gd_step_loss(one_layer):
@@ -51,3 +59,16 @@ def test_config_validation():
   config.input_dist = "laplace"
   with pytest.raises(ValueError, match="input_dist"):
     lsa_gd.run(config, "/nonexistent")
+
+
+def _load_figure(name):
+  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures", f"fig_{name}.py")
+  spec = importlib.util.spec_from_file_location(f"fig_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_figure_is_written(tmp_path, results):
+  out = _load_figure("lsa_gd").plot(results, str(tmp_path / "lsa_gd.png"))
+  assert os.path.getsize(out) > 10_000
