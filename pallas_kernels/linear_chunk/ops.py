@@ -84,8 +84,7 @@ def _fwd(q, k, v, log_decay, s0, chunk, interpret, variant):
 def _bwd(chunk, interpret, variant, res, cotangents):
   q, k, v, log_decay, s0, st = res
   do, dst = cotangents
-  b, t, h, d = q.shape
-  e = v.shape[3]
+  t, d, e = q.shape[1], q.shape[3], v.shape[3]
   qp, kp, vp, s0p = _padded(q, k, v, s0, chunk, variant)
   tp, dp, ep = qp.shape[1], qp.shape[3], vp.shape[3]
   dop = _pad(_pad(do.astype(_F32), 1, tp), 3, ep)

@@ -1,7 +1,6 @@
 """Feature maps phi applied to queries and keys before the linear-attention product."""
 
 import jax
-import jax.numpy as jnp
 
 FEATURE_MAPS = {
     # elu(x) + 1 keeps phi positive, so the normaliser phi(q)^T z never vanishes.
