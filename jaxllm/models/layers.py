@@ -42,6 +42,18 @@ def rope(x_BTHD: jax.Array, positions_T: jax.Array, theta: float) -> jax.Array:
   return out.astype(x_BTHD.dtype)
 
 
+def attention_options(cfg: TransformerConfig, layer_index: int) -> dict:
+  """The configured attention options, plus the layer position for methods whose math depends
+  on depth (e.g. per-layer decay schedules)."""
+  options = dict(cfg.attention_options)
+  accepted = attn_api.get(cfg.attention).options
+  if "layer_index" in accepted:
+    options.setdefault("layer_index", layer_index)
+  if "num_layers" in accepted:
+    options.setdefault("num_layers", cfg.num_layers)
+  return options
+
+
 class MLP(nnx.Module):
   """GELU MLP (GPT-2) or SwiGLU (Llama)."""
 
@@ -73,14 +85,7 @@ class Attention(nnx.Module):
     self.wk = linear(cfg, d, hkv * dh, rngs=rngs)
     self.wv = linear(cfg, d, hkv * dh, rngs=rngs)
     self.wo = linear(cfg, h * dh, d, rngs=rngs, std=0.02 / math.sqrt(2 * cfg.num_layers))
-    options = dict(cfg.attention_options)
-    accepted = attn_api.get(cfg.attention).options
-    # Methods whose math depends on depth (e.g. per-layer decay schedules) get the position.
-    if "layer_index" in accepted:
-      options.setdefault("layer_index", layer_index)
-    if "num_layers" in accepted:
-      options.setdefault("num_layers", cfg.num_layers)
-    self.options = options
+    self.options = attention_options(cfg, layer_index)
 
   def __call__(self, x_BTD, positions_T):
     b, t, _ = x_BTD.shape

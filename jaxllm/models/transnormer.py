@@ -71,13 +71,7 @@ class TransNormerBlock(nnx.Module):
     self.glu_u = layers.linear(cfg, d, cfg.hidden_dim, rngs=rngs)
     self.glu_o = layers.linear(cfg, cfg.hidden_dim, d, rngs=rngs, std=out_std)
     self.lrpe = LRPE(cfg) if cfg.positions == "rope" else None
-    options = dict(cfg.attention_options)
-    accepted = attn_api.get(cfg.attention).options
-    if "layer_index" in accepted:
-      options.setdefault("layer_index", layer_index)
-    if "num_layers" in accepted:
-      options.setdefault("num_layers", cfg.num_layers)
-    self.options = options
+    self.options = layers.attention_options(cfg, layer_index)
 
   def _qkvu(self, x_BTD, positions_T):
     cfg = self.cfg
