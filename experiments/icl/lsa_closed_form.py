@@ -46,11 +46,11 @@ def _validate(config):
 
 
 def _evaluate(model, key, num_prompts, num_examples, dim, cov_sqrt, task_mean):
-  """Monte-Carlo error and target energy on fresh prompts; returns predictions for the scaling check."""
+  """Monte-Carlo squared error and target energy E[y_q^2] on fresh prompts."""
   x, y, xq, yq, _ = sample_linear_prompts(key, num_prompts, num_examples, dim,
                                           input_cov_sqrt=cov_sqrt, task_mean=task_mean)
   pred = model(regression_tokens(x, y, xq))
-  return float(jnp.mean(jnp.square(pred - yq))), float(jnp.mean(jnp.square(yq))), pred, yq
+  return float(jnp.mean(jnp.square(pred - yq))), float(jnp.mean(jnp.square(yq)))
 
 
 def run(config, workdir):
@@ -87,7 +87,7 @@ def run(config, workdir):
             "normalized_formula": []}
     for m in config.eval_lengths:
       key_eval, sub = jax.random.split(key_eval)
-      err, energy, _, _ = _evaluate(model, sub, config.eval_prompts, m, d, np.sqrt(test_lam), mean)
+      err, energy = _evaluate(model, sub, config.eval_prompts, m, d, np.sqrt(test_lam), mean)
       formula = closed_forms.lsa_prediction_error(learned, test_lam, m, second_moment)
       target_energy = float(np.trace(second_moment @ test_lam))
       rows["num_examples"].append(int(m))
@@ -110,7 +110,7 @@ def run(config, workdir):
     scaling["expected"].append(float(c * c))
 
   key_eval, sub = jax.random.split(key_eval)
-  err_train, _, _, _ = _evaluate(model, sub, config.eval_prompts, n, d, lam_sqrt, None)
+  err_train, _ = _evaluate(model, sub, config.eval_prompts, n, d, lam_sqrt, None)
   results = {
       "study": "lsa_closed_form",
       "dim": d,
