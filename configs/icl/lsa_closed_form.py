@@ -22,8 +22,8 @@ def get_config(arg=None):
   config.seed = 0
   config.dim = 5
   config.num_examples = 20
-  # Diagonal of Lambda; None is the identity (the paper's headline setting).
-  config.covariance_diag = None
+  # Diagonal of Lambda (all ones: the paper's headline setting Lambda = I).
+  config.covariance_diag = (1.0,) * config.dim
   config.init_scale = 0.1
   config.learning_rate = 0.02
   config.batch_size = 4096

@@ -23,11 +23,10 @@ from jaxllm.results import write_results
 
 
 def _covariance(config):
-  if config.covariance_diag is None:
-    return np.eye(config.dim)
   diag = np.asarray(config.covariance_diag, dtype=np.float64)
   if diag.shape != (config.dim,) or np.any(diag <= 0):
-    raise ValueError(f"covariance_diag must hold {config.dim} positive numbers, got {diag.tolist()}")
+    raise ValueError(f"config.covariance_diag must hold config.dim = {config.dim} positive numbers, "
+                     f"got {diag.tolist()}")
   return np.diag(diag)
 
 

@@ -50,9 +50,13 @@ def test_task_shift_is_harmless_and_covariate_shift_is_not(results):
   assert results["scaling"]["prediction_ratio_over_truth_ratio"][0] == pytest.approx(4.0, rel=1e-3)
 
 
-def test_config_rejects_unknown_arg():
+def test_config_validation():
   with pytest.raises(ValueError, match="smoke"):
     config_lib.get_config("tiny")
+  config = config_lib.get_config("smoke")
+  config.dim = 3
+  with pytest.raises(ValueError, match="covariance_diag"):
+    lsa_closed_form.run(config, "/nonexistent")
 
 
 def _load_figure(name):
