@@ -1,0 +1,44 @@
+"""In-context language learning (Akyurek et al. 2024): random regular languages in context;
+softmax attention against the linear-attention family.
+
+Smoke (short prompts, two width-64 2-layer models, a few minutes on 2 CPU cores):
+  python -m jaxllm.main --config=configs/icl/dfa_languages.py:smoke --workdir=runs/dfa_languages
+Paper scale (10-19 strings of length 1-49 per prompt, 5000 training DFAs):
+  python -m jaxllm.main --config=configs/icl/dfa_languages.py --workdir=runs/dfa_languages_full
+Figure:
+  python scripts/figures/fig_dfa_languages.py --workdir=runs/dfa_languages
+"""
+
+import ml_collections
+
+ARGS = (None, "smoke")
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  if arg not in ARGS:
+    raise ValueError(f"configs/icl/dfa_languages.py: unknown arg {arg!r}; allowed: {list(ARGS)}")
+  c = ml_collections.ConfigDict()
+  c.experiment = "icl.dfa_languages"
+  c.seed = 0
+  c.task = ml_collections.ConfigDict(dict(
+      vocab_size=20, min_states=4, max_states=12, min_edges=1, max_edges=3,
+      min_strings=10, max_strings=19, min_len=1, max_len=49, num_train_dfas=5000))
+  c.methods = ["dense", "linear", "lightning", "retention"]
+  c.model = ml_collections.ConfigDict(dict(
+      style="gpt2", d_model=256, num_layers=8, num_heads=4, num_kv_heads=None, max_len=1024,
+      attention="dense", attention_impl="auto", attention_options={}, dtype="float32"))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw", learning_rate=2.5e-4, schedule="cosine", warmup_steps=1000, grad_clip=1.0,
+      hparams={}))
+  c.train = ml_collections.ConfigDict(dict(
+      steps=100_000, batch_size=32, log_every=500, checkpoint_every=10_000))
+  c.eval = ml_collections.ConfigDict(dict(num_prompts=500, ngram_orders=[1, 2, 3, 4],
+                                          skip_strings=1))
+  if arg == "smoke":
+    c.task.update(min_strings=6, max_strings=8, min_len=1, max_len=10, num_train_dfas=500)
+    c.methods = ["dense", "linear"]
+    c.model.update(d_model=64, num_layers=2, num_heads=2, max_len=96)
+    c.optimizer.update(learning_rate=2e-3, warmup_steps=100)
+    c.train.update(steps=1200, batch_size=32, log_every=100, checkpoint_every=600)
+    c.eval.num_prompts = 200
+  return c

@@ -1,0 +1,59 @@
+"""Error vs context length for the Bayesian-prism study: one panel per (training prior, test family).
+
+  python scripts/figures/fig_bayesian_prism.py --workdir=runs/bayesian_prism
+writes <workdir>/bayesian_prism.png from <workdir>/results.json.
+"""
+
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+STYLE = {
+    "transformer": dict(color="C3", lw=2.2, label="Transformer"),
+    "posterior_mean": dict(color="k", ls="--", label="Posterior mean (training prior)"),
+    "ridge": dict(color="C2", ls=":", label="Ridge, lambda = sigma^2"),
+    "least_squares": dict(color="C0", ls="-.", label="Least squares"),
+}
+
+
+def plot(results: dict, out_path: str) -> str:
+  panels = [(prior, fam, ev) for prior, run in results["runs"].items()
+            for fam, ev in run["eval"].items()]
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+  for ax, (prior, fam, ev) in zip(axes[0], panels):
+    for name, err in ev["errors"].items():
+      ax.plot(np.arange(len(err)), err, **STYLE.get(name, dict(lw=1, label=name.replace("_", " "))))
+    ax.axvline(results["n_dims"], color="grey", lw=0.8, ls=":")
+    ax.set_ylim(0, 1.25)
+    ax.set_xlabel("in-context examples k")
+    ax.set_title(f"trained on {prior}, tested on {fam}", fontsize=9)
+  axes[0][0].set_ylabel("squared error / d")
+  axes[0][-1].legend(frameon=False, fontsize=7)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+  fig.savefig(out_path, dpi=150)
+  plt.close(fig)
+  return out_path
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__)
+  parser.add_argument("--workdir", required=True, help="run directory holding results.json")
+  parser.add_argument("--out", default=None, help="PNG path (default: <workdir>/bayesian_prism.png)")
+  args = parser.parse_args()
+  path = os.path.join(args.workdir, "results.json")
+  if not os.path.exists(path):
+    raise SystemExit(f"error: no results.json in {args.workdir}; run the experiment first")
+  with open(path) as f:
+    results = json.load(f)
+  print(plot(results, args.out or os.path.join(args.workdir, "bayesian_prism.png")))
+
+
+if __name__ == "__main__":
+  main()
