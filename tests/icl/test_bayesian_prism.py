@@ -51,7 +51,7 @@ def test_task_batches_are_deterministic_and_interleaved():
   task = study.PrismTask(cfg_mod.get_config("smoke"), "dense+sparse")
   a, b = task.batch(7), task.batch(7)
   np.testing.assert_array_equal(a["tokens"], b["tokens"])
-  assert a["tokens"].shape == (64, 32, 5)
+  assert a["tokens"].shape == (64, 20, 3)
   np.testing.assert_array_equal(a["tokens"][:, 1::2, 0], a["ys"])
 
 
