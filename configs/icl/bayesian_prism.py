@@ -1,7 +1,7 @@
 """Bayesian prism (Panwar et al.): transformers trained on a mixture of regression priors track the
 posterior mean of that mixture.
 
-Smoke (d = 5, one model on the dense+sparse mixture, a few minutes on 2 CPU cores):
+Smoke (d = 3, one model on the dense+sparse mixture, a few minutes on 2 CPU cores):
   python -m jaxllm.main --config=configs/icl/bayesian_prism.py:smoke --workdir=runs/bayesian_prism
 Paper scale (d = 20, one 12-layer model per prior, 500k steps each):
   python -m jaxllm.main --config=configs/icl/bayesian_prism.py --workdir=runs/bayesian_prism_full
@@ -33,7 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       steps=500_000, batch_size=64, log_every=500, checkpoint_every=10_000))
   c.eval = ml_collections.ConfigDict(dict(num_prompts=1280))
   if arg == "smoke":
-    c.task.update(n_dims=5, n_points=16, sparsity=1)
+    c.task.update(n_dims=3, n_points=10, sparsity=1)
     c.task.train_priors = ["dense+sparse"]
     c.model.update(d_model=64, num_layers=3, num_heads=2, max_len=64)
     c.optimizer.update(learning_rate=1e-3, schedule="cosine", warmup_steps=200, grad_clip=1.0)
