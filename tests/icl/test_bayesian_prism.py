@@ -1,5 +1,5 @@
-"""Bayesian prism: prior samplers, the posterior-mean baselines' central claim, and (slow) the
-trained transformer tracking the mixture posterior mean."""
+"""Bayesian prism: prior samplers, task batches and the posterior-mean baselines' central claim
+(the mixture posterior adapts to the family shown in context)."""
 
 import numpy as np
 import pytest
@@ -54,13 +54,3 @@ def test_task_batches_are_deterministic_and_interleaved():
   assert a["tokens"].shape == (64, 20, 3)
   np.testing.assert_array_equal(a["tokens"][:, 1::2, 0], a["ys"])
 
-
-@pytest.mark.slow
-def test_smoke_transformer_tracks_the_mixture_posterior(tmp_path):
-  results = study.run(cfg_mod.get_config("smoke"), str(tmp_path))
-  sparse = results["runs"]["dense+sparse"]["eval"]["sparse"]
-  gap = sparse["prediction_gap"]
-  # On sparse prompts the transformer sits nearer the mixture posterior than ridge does.
-  assert gap["posterior_mean"] < 0.7 * gap["ridge"]
-  err = sparse["errors"]
-  assert err["transformer"][3] < err["ridge"][3]
