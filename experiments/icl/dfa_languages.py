@@ -20,7 +20,7 @@ from jaxllm.train.loop import train
 
 
 class DFATask:
-  """Each row picks one of ``num_train_dfas`` fixed DFAs; batches are a pure function of the step."""
+  """Each row picks one of ``num_train_dfas`` fixed DFAs; batches are pure functions of the step."""
 
   def __init__(self, config, method: str):
     c = config.task

@@ -14,7 +14,7 @@ NUM_CLASSES = 10
 
 
 def digits(split: str = "train", test_fraction: float = 0.2):
-  """Standardised images [N, 64] and labels [N]; a fixed split so test images are never trained on."""
+  """Standardised images [N, 64] and labels [N] of a fixed split (test images never train)."""
   if split not in ("train", "test"):
     raise ValueError(f"split must be 'train' or 'test', got {split!r}")
   x, y = load_digits(return_X_y=True)

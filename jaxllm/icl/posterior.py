@@ -48,13 +48,13 @@ def mix_priors(priors, mix_weights):
 def posterior_mean_weights(x_BND, y_BN, prior, noise_std: float):
   """E[w | the N pairs] [B, d] and the component posterior [B, J]."""
   if noise_std <= 0:
-    raise ValueError(f"noise_std must be positive for a posterior over point masses, got {noise_std}")
+    raise ValueError(f"noise_std must be positive (point-mass priors need noise), got {noise_std}")
   pis, m_JD, c_JDD = prior
   x = np.asarray(x_BND, np.float64)
   y = np.asarray(y_BN, np.float64)
   b, n, _ = x.shape
   if n == 0:
-    return np.broadcast_to(pis @ m_JD, (b, m_JD.shape[1])).copy(), np.broadcast_to(pis, (b, len(pis))).copy()
+    return np.tile(pis @ m_JD, (b, 1)), np.tile(pis, (b, 1))
   xc_BJND = np.einsum("bnd,jde->bjne", x, c_JDD)
   k_BJNN = np.einsum("bjnd,bmd->bjnm", xc_BJND, x) + noise_std**2 * np.eye(n)
   resid_BJN = y[:, None, :] - np.einsum("bnd,jd->bjn", x, m_JD)

@@ -1,4 +1,4 @@
-"""Error vs context length for the Bayesian-prism study: one panel per (training prior, test family).
+"""Error vs context length for the Bayesian prism: one panel per (training prior, test family).
 
   python scripts/figures/fig_bayesian_prism.py --workdir=runs/bayesian_prism
 writes <workdir>/bayesian_prism.png from <workdir>/results.json.
@@ -45,7 +45,8 @@ def plot(results: dict, out_path: str) -> str:
 def main():
   parser = argparse.ArgumentParser(description=__doc__)
   parser.add_argument("--workdir", required=True, help="run directory holding results.json")
-  parser.add_argument("--out", default=None, help="PNG path (default: <workdir>/bayesian_prism.png)")
+  parser.add_argument("--out", default=None,
+                      help="PNG path (default: <workdir>/bayesian_prism.png)")
   args = parser.parse_args()
   path = os.path.join(args.workdir, "results.json")
   if not os.path.exists(path):

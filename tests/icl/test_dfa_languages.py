@@ -1,4 +1,4 @@
-"""In-context DFA languages: validity scoring, batches and the in-context n-gram baseline's claim."""
+"""In-context DFA languages: validity scoring, batches and the in-context n-gram claim."""
 
 import numpy as np
 import pytest
