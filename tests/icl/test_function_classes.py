@@ -123,3 +123,16 @@ def test_evaluation_of_an_untrained_model_renders_the_figure(tmp_path):
   spec.loader.exec_module(fig)
   out = fig.plot({"n_dims": 5, "families": {"decision_tree": res}}, str(tmp_path / "f.png"))
   assert os.path.getsize(out) > 10_000
+
+
+def test_representation_targets_are_linear_in_the_fixed_features():
+  phi = icl_functions.random_mlp(0, 4, 16, 8)
+  assert [w.shape for w in phi] == [(4, 16), (16, 8)]
+  xs, ys = icl_functions.representation(_rng(10), 5, 30, 4, phi=phi)
+  feats = icl_functions.apply_mlp(phi, xs)
+  np.testing.assert_allclose(feats, np.maximum(xs @ phi[0], 0.0) @ phi[1], rtol=1e-5, atol=1e-6)
+  for f, y in zip(feats, ys):  # 30 points, 8 features: an exact linear fit in Phi-space
+    w = np.linalg.lstsq(f, y, rcond=None)[0]
+    np.testing.assert_allclose(f @ w, y, atol=1e-4)
+  with pytest.raises(ValueError, match="positive sizes"):
+    icl_functions.random_mlp(0, 4, 0, 8)
