@@ -38,8 +38,8 @@ def plot(results: dict, out_path: str) -> str:
     ax.set_title(TITLES.get(family, family))
     ax.set_xlabel("in-context examples k")
     ax.set_ylim(0, 1.5)
+    ax.legend(frameon=False, fontsize=8)  # each family has its own baselines
   axes[0, 0].set_ylabel("squared error / E y^2")
-  axes[0, -1].legend(frameon=False, fontsize=8)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   fig.savefig(out_path, dpi=150)
