@@ -3,15 +3,13 @@
   python scripts/figures/fig_attention_svm.py --workdir=runs/attention_svm
 """
 
-import argparse
-import os
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from jaxllm.results import read_results  # noqa: E402
+from jaxllm import figures  # noqa: E402
 
 
 def plot(results, out_path):
@@ -33,12 +31,5 @@ def plot(results, out_path):
   return out_path
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--workdir", required=True)
-  args = parser.parse_args()
-  print(plot(read_results(args.workdir), os.path.join(args.workdir, "attention_svm.png")))
-
-
 if __name__ == "__main__":
-  main()
+  figures.cli(plot, "attention_svm.png", __doc__)

@@ -4,8 +4,6 @@
 writes <workdir>/bayesian_prism.png from <workdir>/results.json.
 """
 
-import argparse
-import json
 import os
 
 import matplotlib
@@ -13,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from jaxllm import figures  # noqa: E402
 
 STYLE = {
     "transformer": dict(color="C3", lw=2.2, label="Transformer"),
@@ -42,19 +41,5 @@ def plot(results: dict, out_path: str) -> str:
   return out_path
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--workdir", required=True, help="run directory holding results.json")
-  parser.add_argument("--out", default=None,
-                      help="PNG path (default: <workdir>/bayesian_prism.png)")
-  args = parser.parse_args()
-  path = os.path.join(args.workdir, "results.json")
-  if not os.path.exists(path):
-    raise SystemExit(f"error: no results.json in {args.workdir}; run the experiment first")
-  with open(path) as f:
-    results = json.load(f)
-  print(plot(results, args.out or os.path.join(args.workdir, "bayesian_prism.png")))
-
-
 if __name__ == "__main__":
-  main()
+  figures.cli(plot, "bayesian_prism.png", __doc__)

@@ -3,15 +3,13 @@
   python scripts/figures/fig_bursty.py --workdir=runs/bursty
 """
 
-import argparse
-import os
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from jaxllm.results import read_results  # noqa: E402
+from jaxllm import figures  # noqa: E402
 
 
 def plot(results, out_path):
@@ -45,12 +43,5 @@ def plot(results, out_path):
   return out_path
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--workdir", required=True)
-  args = parser.parse_args()
-  print(plot(read_results(args.workdir), os.path.join(args.workdir, "bursty.png")))
-
-
 if __name__ == "__main__":
-  main()
+  figures.cli(plot, "bursty.png", __doc__)

@@ -6,8 +6,6 @@ Newton iteration and GD step count of each layer (left) and the error of layers 
 (right).
 """
 
-import argparse
-import json
 import os
 
 import matplotlib
@@ -15,6 +13,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from jaxllm import figures  # noqa: E402
 
 
 def plot(results: dict, out_path: str) -> str:
@@ -39,18 +38,5 @@ def plot(results: dict, out_path: str) -> str:
   return out_path
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--workdir", required=True, help="run directory holding results.json")
-  parser.add_argument("--out", default=None, help="PNG path (default: <workdir>/higher_order.png)")
-  args = parser.parse_args()
-  path = os.path.join(args.workdir, "results.json")
-  if not os.path.exists(path):
-    raise SystemExit(f"error: no results.json in {args.workdir}; run the experiment first")
-  with open(path) as f:
-    results = json.load(f)
-  print(plot(results, args.out or os.path.join(args.workdir, "higher_order.png")))
-
-
 if __name__ == "__main__":
-  main()
+  figures.cli(plot, "higher_order.png", __doc__)

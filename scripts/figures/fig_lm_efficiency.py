@@ -4,8 +4,6 @@
 writes <workdir>/lm_efficiency.png from <workdir>/results.json (experiments/lm_efficiency.py).
 """
 
-import argparse
-import json
 import math
 import os
 
@@ -14,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from jaxllm import figures  # noqa: E402
 
 
 def _bars(ax, names, values, title, ylabel, fmt="{:.2f}"):
@@ -66,19 +65,5 @@ def plot(results: dict, out_path: str) -> str:
   return out_path
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--workdir", required=True, help="run directory holding results.json")
-  parser.add_argument("--out", default=None, help="output image (default <workdir>/lm_efficiency.png)")
-  args = parser.parse_args()
-  path = os.path.join(args.workdir, "results.json")
-  if not os.path.exists(path):
-    raise SystemExit(f"no results.json in {args.workdir}; run experiments/lm_efficiency first")
-  with open(path) as f:
-    results = json.load(f)
-  out = plot(results, args.out or os.path.join(args.workdir, "lm_efficiency.png"))
-  print(out)
-
-
 if __name__ == "__main__":
-  main()
+  figures.cli(plot, "lm_efficiency.png", __doc__)

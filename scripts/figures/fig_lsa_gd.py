@@ -3,8 +3,6 @@
   python scripts/figures/fig_lsa_gd.py --workdir=runs/lsa_gd
 """
 
-import argparse
-import os
 
 import matplotlib
 
@@ -12,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxllm.results import read_results  # noqa: E402
+from jaxllm import figures  # noqa: E402
 
 
 def plot(results, out_path):
@@ -53,12 +51,5 @@ def plot(results, out_path):
   return out_path
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--workdir", required=True)
-  args = parser.parse_args()
-  print(plot(read_results(args.workdir), os.path.join(args.workdir, "lsa_gd.png")))
-
-
 if __name__ == "__main__":
-  main()
+  figures.cli(plot, "lsa_gd.png", __doc__)

@@ -5,8 +5,6 @@ writes <workdir>/optim_bench.png from <workdir>/results.json (experiments/optim_
 prints the table behind it.
 """
 
-import argparse
-import os
 
 import matplotlib
 
@@ -14,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from jaxllm.results import read_results  # noqa: E402
+from jaxllm import figures  # noqa: E402
 
 
 def _bars(ax, names, values, title, ylabel, fmt):
@@ -73,14 +71,5 @@ def plot(results: dict, out_path: str) -> str:
   return out_path
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__)
-  parser.add_argument("--workdir", required=True)
-  args = parser.parse_args()
-  results = read_results(args.workdir)
-  print(table(results))
-  print(plot(results, os.path.join(args.workdir, "optim_bench.png")))
-
-
 if __name__ == "__main__":
-  main()
+  figures.cli(plot, "optim_bench.png", __doc__)
