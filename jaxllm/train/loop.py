@@ -12,7 +12,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxllm import optim
+from jaxllm import optim, sharding
 from jaxllm.train.checkpoint import Checkpointer
 from jaxllm.train.metrics import MetricWriter
 
@@ -116,7 +116,15 @@ def train(config, workdir: str, task, *, total_steps: int | None = None,
     metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads)}
     return new, metrics
 
-  step_fn = jax.jit(train_step, donate_argnums=0)
+  plan = None
+  if config.get("sharding") is not None:
+    plan = sharding.plan_from_config(config.sharding)
+    state_sh = plan.state_shardings(state)
+    state = jax.device_put(state, state_sh)
+    step_fn = jax.jit(train_step, donate_argnums=0,
+                      out_shardings=(state_sh, plan.replicated()))
+  else:
+    step_fn = jax.jit(train_step, donate_argnums=0)
 
   ckpt = Checkpointer(workdir)
   start = 0
@@ -127,7 +135,8 @@ def train(config, workdir: str, task, *, total_steps: int | None = None,
           f"workdir {workdir} holds a checkpoint at step {resumed_from}, past train.steps={total}; "
           "use a fresh --workdir or raise train.steps")
     abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        state)
     state, meta = ckpt.restore(resumed_from, abstract)
     start = int(meta["data_position"])
     if progress:
@@ -159,6 +168,8 @@ def train(config, workdir: str, task, *, total_steps: int | None = None,
   try:
     for step in range(start, total):
       batch = task.batch(step)
+      if plan is not None:
+        batch = jax.device_put(batch, plan.batch_sharding(batch))
       state, dev_metrics = step_fn(state, batch)
       drain()
       pending = (step + 1, dev_metrics)
