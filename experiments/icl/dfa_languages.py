@@ -7,6 +7,7 @@ separator is always allowed and would make the metric trivial)."""
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -79,11 +80,24 @@ def scored_positions(tokens, vocab, skip_strings):
 
 def validity(pred_T, valid_TV, mask_T) -> float:
   ok = valid_TV[np.arange(len(pred_T)), np.maximum(pred_T, 0)] & (pred_T >= 0)
-  return float(ok[mask_T].mean())
+  return float(ok[mask_T].mean()) if mask_T.any() else 0.0
+
+
+def symbol_probs(probs_TV, vocab) -> np.ndarray:
+  """Rows restricted to the symbols and SEP and renormalised (uniform where they hold no mass)."""
+  p = np.asarray(probs_TV, np.float64)[:, :vocab + 1]
+  total = p.sum(axis=1, keepdims=True)
+  return np.where(total > 0, p / np.maximum(total, 1e-300), 1.0 / (vocab + 1))
+
+
+def l1_distance(p_TV, q_TV, mask_T) -> float:
+  """Mean over the scored positions of sum_a |p(a) - q(a)| (0 = equal, 2 = disjoint)."""
+  return float(np.abs(p_TV - q_TV).sum(axis=1)[mask_T].mean()) if mask_T.any() else 0.0
 
 
 def evaluate(models: dict, config) -> dict:
-  """Validity per method and per n-gram order on ``eval.num_prompts`` prompts of unseen DFAs."""
+  """Validity and L1 distances (to the true next-symbol distribution and to the in-context
+  n-grams) per method and per n-gram order on ``eval.num_prompts`` prompts of unseen DFAs."""
   c = config.task
   vocab = int(c.vocab_size)
   seq_len = int(c.max_strings) * (int(c.max_len) + 1)
@@ -92,22 +106,41 @@ def evaluate(models: dict, config) -> dict:
   tokens = prompts(np.random.default_rng([int(config.seed), 10**9, 1]), c, test_dfas, seq_len)
   valid = [dfa.valid_next(t, toks[:-1]) for t, toks in zip(test_dfas, tokens)]
   masks = [scored_positions(toks, vocab, int(config.eval.skip_strings)) for toks in tokens]
-  total = sum(int(m.sum()) for m in masks)
-  out = {}
+  weights = np.array([m.sum() for m in masks], np.float64)
+  total = int(weights.sum())
+  truth = [dfa.next_symbol_probs(t, toks[:-1], int(c.min_len), int(c.max_len))
+           for t, toks in zip(test_dfas, tokens)]
+  orders = [int(o) for o in config.eval.ngram_orders]
+  grams = {o: [symbol_probs(ngram.next_token_probs(toks[:-1], o, vocab + 2), vocab)
+               for toks in tokens] for o in orders}
+
+  def mean(per_prompt):
+    return float(np.dot(per_prompt, weights) / total)
+
+  out, l1_true, l1_ngram = {}, {}, {}
   for name, model in models.items():
-    fwd = nnx.jit(lambda m, x: jnp.argmax(m(x)[..., :vocab], axis=-1))
-    preds = np.concatenate([np.asarray(fwd(model, jnp.asarray(tokens[i:i + 100, :-1])))
+    fwd = nnx.jit(lambda m, x: jax.nn.softmax(m(x)[..., :vocab + 1], axis=-1))
+    probs = np.concatenate([np.asarray(fwd(model, jnp.asarray(tokens[i:i + 100, :-1])))
                             for i in range(0, n, 100)])
-    out[name] = sum(validity(p, v, m) * m.sum() for p, v, m in zip(preds, valid, masks)) / total
-  for order in config.eval.ngram_orders:
-    hits = 0.0
-    for toks, v, m in zip(tokens, valid, masks):
-      p = ngram.predict(toks[:-1], int(order), vocab + 2, allowed=range(vocab))
-      hits += validity(p, v, m) * m.sum()
-    out[f"ngram{order}"] = hits / total
+    # Greedy prediction over the symbols only: SEP is always allowed (every state accepts).
+    out[name] = mean([validity(p[:, :vocab].argmax(-1), v, m)
+                      for p, v, m in zip(probs, valid, masks)])
+    l1_true[name] = mean([l1_distance(symbol_probs(p, vocab), q, m)
+                          for p, q, m in zip(probs, truth, masks)])
+    l1_ngram[name] = {f"ngram{o}": mean([l1_distance(symbol_probs(p, vocab), g, m)
+                                         for p, g, m in zip(probs, grams[o], masks)])
+                      for o in orders}
+  for o in orders:
+    out[f"ngram{o}"] = mean([validity(ngram.predict(toks[:-1], o, vocab + 2,
+                                                    allowed=range(vocab)), v, m)
+                             for toks, v, m in zip(tokens, valid, masks)])
+    l1_true[f"ngram{o}"] = mean([l1_distance(g, q, m) for g, q, m in zip(grams[o], truth, masks)])
   # Chance: a uniformly random symbol, i.e. the mean share of allowed symbols.
-  out["random"] = sum(v[m].sum() / vocab for v, m in zip(valid, masks)) / total
-  return {"validity": out, "num_prompts": n, "scored_positions": total}
+  out["random"] = mean([v[m].sum() / vocab / max(m.sum(), 1) for v, m in zip(valid, masks)])
+  l1_true["uniform"] = mean([l1_distance(np.full_like(q, 1.0 / (vocab + 1)), q, m)
+                             for q, m in zip(truth, masks)])
+  return {"validity": out, "l1_to_true": l1_true, "l1_to_ngram": l1_ngram, "num_prompts": n,
+          "scored_positions": total}
 
 
 def run(config, workdir: str) -> dict:

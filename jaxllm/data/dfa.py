@@ -123,3 +123,35 @@ def valid_next(trans: np.ndarray, tokens) -> np.ndarray:
     if s >= 0:
       out[t] = trans[s] >= 0
   return out
+
+
+def next_symbol_probs(trans: np.ndarray, tokens, min_len: int, max_len: int) -> np.ndarray:
+  """probs [T, vocab + 1]: the generator's distribution of tokens[t + 1] given tokens[:t+1], over
+  the symbols and SEP, given that the prompt goes on (the next token is not PAD).
+
+  ``sample_prompt`` draws a string's length uniformly from [min_len, max_len] and then walks
+  uniformly over the allowed edges, so after l symbols of the current string SEP comes with the
+  hazard P(L = l | L >= l) = 1 / (max_len - l + 1) (zero below min_len) and the remaining mass is
+  split evenly over the symbols the current state allows. Rows are zero once the prefix has left
+  the language or reached PAD.
+  """
+  if not 1 <= min_len <= max_len:
+    raise ValueError(f"need 1 <= min_len <= max_len, got {min_len}, {max_len}")
+  vocab = trans.shape[1]
+  out = np.zeros((len(tokens), vocab + 1))
+  s, length = 0, 0
+  for t, a in enumerate(tokens):
+    a = int(a)
+    if a == vocab:
+      s, length = 0, 0
+    elif a > vocab or s < 0:
+      s = -1
+    else:
+      s, length = int(trans[s, a]), length + 1
+    if s < 0:
+      continue
+    stop = 0.0 if length < min_len else 1.0 / (max_len - length + 1) if length <= max_len else 1.0
+    allowed = trans[s] >= 0
+    out[t, :vocab] = allowed * (1.0 - stop) / allowed.sum()
+    out[t, vocab] = stop
+  return out

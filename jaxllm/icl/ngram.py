@@ -40,3 +40,11 @@ def predict(tokens, order: int, num_tokens: int, allowed=None) -> np.ndarray:
     mask[list(allowed)] = True
     counts = np.where(mask, counts, 0)
   return np.where(counts.max(axis=1) > 0, counts.argmax(axis=1), -1)
+
+
+def next_token_probs(tokens, order: int, num_tokens: int) -> np.ndarray:
+  """probs [T, num_tokens]: the in-context n-gram's normalised follower counts (with back-off to
+  the unigram of tokens[:t+1], so no row is empty)."""
+  counts = next_token_counts(tokens, order, num_tokens).astype(np.float64)
+  total = counts.sum(axis=1, keepdims=True)
+  return np.where(total > 0, counts / np.maximum(total, 1.0), 1.0 / num_tokens)

@@ -13,17 +13,32 @@ import matplotlib.pyplot as plt  # noqa: E402
 from jaxllm import figures  # noqa: E402
 
 
-def plot(results: dict, out_path: str) -> str:
-  validity = results["validity"]
-  names = list(results["methods"]) + [n for n in validity if n not in results["methods"]]
-  colors = ["C3" if n in results["methods"] else "C7" for n in names]
-  fig, ax = plt.subplots(figsize=(1.0 + 0.8 * len(names), 3.6))
-  bars = ax.bar(range(len(names)), [validity[n] for n in names], color=colors)
+def _bars(ax, values: dict, names, methods, ylabel):
+  colors = ["C3" if n in methods else "C7" for n in names]
+  bars = ax.bar(range(len(names)), [values[n] for n in names], color=colors)
   ax.bar_label(bars, fmt="%.2f", fontsize=7)
   ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-  ax.set_ylim(0, 1.05)
-  ax.set_ylabel("valid next symbols (fraction)")
-  ax.set_title(f"In-context DFA languages ({results['num_prompts']} unseen DFAs)", fontsize=9)
+  ax.set_ylabel(ylabel)
+
+
+def plot(results: dict, out_path: str) -> str:
+  """Validity (left) and L1 distance to the true next-symbol distribution (right) per model and
+  per in-context n-gram order; models in red, baselines in grey."""
+  methods = list(results["methods"])
+  validity = results["validity"]
+  names = methods + [n for n in validity if n not in methods]
+  panels = 2 if "l1_to_true" in results else 1
+  fig, axes = plt.subplots(1, panels, figsize=(panels * (1.0 + 0.8 * len(names)), 3.6),
+                           squeeze=False)
+  _bars(axes[0, 0], validity, names, methods, "valid next symbols (fraction)")
+  axes[0, 0].set_ylim(0, 1.05)
+  axes[0, 0].set_title(f"In-context DFA languages ({results['num_prompts']} unseen DFAs)",
+                       fontsize=9)
+  if panels == 2:
+    l1 = results["l1_to_true"]
+    _bars(axes[0, 1], l1, methods + [n for n in l1 if n not in methods], methods,
+          "L1 distance to the true next-symbol distribution")
+    axes[0, 1].set_ylim(0, 2.0)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   fig.savefig(out_path, dpi=150)

@@ -67,3 +67,37 @@ def test_prompt_longer_than_the_model_is_rejected():
   with pytest.raises(ValueError, match="max_len"):
     study.DFATask(config, "dense")
 
+
+
+def test_true_next_symbol_distribution_by_hand():
+  trans, sep = _chain(), 4
+  probs = dfa.next_symbol_probs(trans, [0, 1, sep, 0, 1, 2], min_len=1, max_len=3)
+  # After 'a' (1 symbol, state 1): stop with hazard 1/3, else 'b'. After 'ab': 1/2 each.
+  np.testing.assert_allclose(probs[0], [0, 2 / 3, 0, 0, 1 / 3])
+  np.testing.assert_allclose(probs[1], [0, 0, 1 / 2, 0, 1 / 2])
+  np.testing.assert_allclose(probs[2], [1, 0, 0, 0, 0])  # a new string starts at state 0
+  np.testing.assert_allclose(probs[5], [0, 0, 0, 0, 1])  # 3 symbols = max_len: must stop
+  assert not dfa.next_symbol_probs(trans, [1, 0], 1, 3).any()  # 'b' first leaves the language
+
+
+def test_true_distribution_matches_the_generator_in_frequency():
+  rng = np.random.default_rng(3)
+  trans = dfa.random_dfa(rng, vocab_size=6)
+  expected, observed = np.zeros(7), np.zeros(7)
+  for _ in range(400):
+    toks = dfa.sample_prompt(rng, trans, 5, 2, 6)
+    probs = dfa.next_symbol_probs(trans, toks[:-1], 2, 6)
+    expected += probs.sum(0)
+    observed += np.bincount(toks[1:], minlength=7)
+  # Counts of every symbol and of SEP within 4 binomial standard deviations of their expectation.
+  assert np.all(np.abs(observed - expected) <= 4 * np.sqrt(expected) + 1), (observed, expected)
+
+
+def test_ngram_distribution_and_l1_distance_by_hand():
+  probs = ngram.next_token_probs([0, 1, 0, 2, 0], order=2, num_tokens=3)
+  np.testing.assert_allclose(probs[0], [1, 0, 0])  # no bigram yet: the unigram of [0]
+  np.testing.assert_allclose(probs[4], [0, 0.5, 0.5])  # 0 was followed by 1 once and by 2 once
+  p, q = np.array([[1.0, 0, 0], [0.5, 0.5, 0]]), np.array([[0, 1.0, 0], [0.5, 0, 0.5]])
+  assert study.l1_distance(p, q, np.array([True, True])) == pytest.approx(1.5)
+  assert study.l1_distance(p, q, np.array([False, True])) == pytest.approx(1.0)
+  np.testing.assert_allclose(study.symbol_probs([[2.0, 2.0, 0.0, 4.0]], 2), [[0.5, 0.5, 0.0]])
