@@ -1,6 +1,7 @@
-"""Bayesian prism (Panwar et al.): train a transformer per prior (single families and mixtures) and
-compare its error at every context length with the posterior mean of the training prior, the
-posterior means of each single family, ridge (lambda = sigma^2) and least squares."""
+"""Bayesian prism (Panwar et al.): train a transformer per prior (single families, mixtures and
+the Fourier / degree-2-monomial feature families) and compare its error at every context length
+with the posterior mean of the training prior, the posterior means of each single family, ridge
+(lambda = sigma^2) and least squares."""
 
 import os
 
@@ -17,16 +18,39 @@ from jaxllm.train.loop import train
 from experiments.icl.linear_regression import predict
 
 
+def make_family(config, name: str, n_dims: int | None = None) -> prism_tasks.Family:
+  c = config.task
+  n = int(c.n_dims if n_dims is None else n_dims)
+  return prism_tasks.make_family(
+      name, n, min(int(c.sparsity), n),
+      max_freq=int(c.max_freq), half_period=float(c.half_period),
+      num_monomials=int(c.num_monomials), seed=int(config.seed))
+
+
 class PrismTask:
-  """Prompts from one named prior; batches are a pure function of (seed, step)."""
+  """Prompts from one named prior; batches are a pure function of (seed, step).
+
+  As in the linear-regression study, a curriculum grows the number of in-context examples and,
+  for the linear priors, the number of active input dimensions (the prior is drawn in the active
+  subspace and the remaining coordinates are zero).
+  """
 
   def __init__(self, config, prior_name: str):
     c = config.task
-    self.n_dims, self.n_points = int(c.n_dims), int(c.n_points)
-    self.noise_std = float(c.noise_std)
-    self.prior = prism_tasks.make_prior(prior_name, self.n_dims, int(c.sparsity))
+    self.family = make_family(config, prior_name)
+    self.name, self.config = prior_name, config
+    self.n_points, self.noise_std = int(c.n_points), float(c.noise_std)
     self.batch_size, self.seed = int(config.train.batch_size), int(config.seed)
-    self.model_cfg = dict(config.model.to_dict(), io="vectors", input_dim=self.n_dims,
+    cur = c.curriculum
+    linear = prior_name not in prism_tasks.FEATURE_FAMILIES
+    self.input_dim = self.family.input_dim
+    self.dims = icl_regression.Curriculum(
+        int(cur.dims_start) if linear else self.input_dim, self.input_dim, int(cur.dims_inc),
+        int(cur.interval))
+    self.points = icl_regression.Curriculum(int(cur.points_start), self.n_points,
+                                            int(cur.points_inc), int(cur.interval))
+    self._families = {self.input_dim: self.family}
+    self.model_cfg = dict(config.model.to_dict(), io="vectors", input_dim=self.input_dim,
                           output_dim=1)
     if 2 * self.n_points > self.model_cfg.get("max_len", 0):
       raise ValueError(f"model.max_len={self.model_cfg.get('max_len')} is shorter than the prompt "
@@ -37,8 +61,13 @@ class PrismTask:
 
   def batch(self, step: int):
     rng = np.random.default_rng([self.seed, step])
-    xs, ys, _ = prism_tasks.sample_prompts(rng, self.prior, self.batch_size, self.n_points,
-                                           self.noise_std)
+    active = self.dims.value(step)
+    if active not in self._families:
+      self._families[active] = make_family(self.config, self.name, active)
+    xs_active, ys = prism_tasks.sample_family(rng, self._families[active], self.batch_size,
+                                              self.points.value(step), self.noise_std)
+    xs = np.zeros(xs_active.shape[:2] + (self.input_dim,), np.float32)
+    xs[..., :active] = xs_active
     return {"tokens": icl_regression.interleave(xs, ys), "ys": ys}
 
   def loss(self, model, batch):
@@ -47,28 +76,42 @@ class PrismTask:
 
 
 def evaluate(model, config, train_prior: str) -> dict:
-  """Squared error / d per context length on prompts from each family of the training prior."""
+  """Squared error per context length on prompts from each family of the training prior,
+  normalised by d for the linear families and by the zero predictor's error for the feature
+  families."""
   c = config.task
-  d, k, s, noise = int(c.n_dims), int(c.n_points), int(c.sparsity), float(c.noise_std)
+  noise = float(c.noise_std)
+  prior_family = make_family(config, train_prior)
   out = {}
-  for i, family in enumerate(train_prior.split("+")):
+  for i, name in enumerate(train_prior.split("+")):
     rng = np.random.default_rng([int(config.seed), 10**9, i])  # disjoint from training streams
-    xs, ys, _ = prism_tasks.sample_prompts(rng, prism_tasks.make_prior(family, d, s),
-                                           int(config.eval.num_prompts), k, noise)
+    family = make_family(config, name)
+    xs, ys = prism_tasks.sample_family(rng, family, int(config.eval.num_prompts),
+                                       int(c.n_points), noise)
+    phi = family.features(xs)
     preds = {"transformer": predict(model, xs, ys),
-             "posterior_mean": posterior.posterior_mean(
-                 xs, ys, prism_tasks.make_prior(train_prior, d, s), noise),
-             "ridge": baselines.ridge(xs, ys, noise**2),
+             "posterior_mean": posterior.posterior_mean(phi, ys, prior_family.prior, noise),
              "least_squares": baselines.least_squares(xs, ys)}
+    if name in prism_tasks.FEATURE_FAMILIES:
+      preds["least_squares_features"] = baselines.least_squares(phi, ys)
+      normalizer = float(np.mean(ys.astype(np.float64) ** 2))
+    else:
+      preds["ridge"] = baselines.ridge(xs, ys, noise**2)
+      normalizer = float(c.n_dims)
+    if name == "monomial":  # knows the degree but not which monomials: ridge on all of them
+      every = prism_tasks.monomial_pairs(0, xs.shape[-1], xs.shape[-1] * (xs.shape[-1] + 1) // 2)
+      preds["ridge_all_monomials"] = baselines.ridge(
+          prism_tasks.monomial_features(xs, every), ys, noise**2)
     for other in prism_tasks.FAMILIES:  # "dense" is left out: its posterior mean is the ridge
       if other in train_prior.split("+") and other not in (train_prior, "dense"):
         preds[f"posterior_{other}"] = posterior.posterior_mean(
-            xs, ys, prism_tasks.make_prior(other, d, s), noise)
-    errors = {n: baselines.squared_error(p, ys, normalizer=d) for n, p in preds.items()}
+            xs, ys, make_family(config, other).prior, noise)
+    errors = {n: baselines.squared_error(p, ys, normalizer=normalizer) for n, p in preds.items()}
     # Distance of the transformer's predictions to each estimator's (the paper's "tracks" measure).
-    gaps = {n: float(((preds["transformer"] - p) ** 2).mean() / d)
+    gaps = {n: float(((preds["transformer"] - p) ** 2).mean() / normalizer)
             for n, p in preds.items() if n != "transformer"}
-    out[family] = {"errors": {n: e.tolist() for n, e in errors.items()}, "prediction_gap": gaps}
+    out[name] = {"errors": {n: e.tolist() for n, e in errors.items()}, "prediction_gap": gaps,
+                 "normalizer": normalizer}
   return out
 
 

@@ -28,12 +28,15 @@ def plot(results: dict, out_path: str) -> str:
   for ax, (prior, fam, ev) in zip(axes[0], panels):
     for name, err in ev["errors"].items():
       ax.plot(np.arange(len(err)), err, **STYLE.get(name, dict(lw=1, label=name.replace("_", " "))))
-    ax.axvline(results["n_dims"], color="grey", lw=0.8, ls=":")
+    feature_family = fam in ("fourier", "monomial")
+    if not feature_family:
+      ax.axvline(results["n_dims"], color="grey", lw=0.8, ls=":")
     ax.set_ylim(0, 1.25)
     ax.set_xlabel("in-context examples k")
+    ax.set_ylabel("squared error / E y^2" if feature_family else "squared error / d")
     ax.set_title(f"trained on {prior}, tested on {fam}", fontsize=9)
-  axes[0][0].set_ylabel("squared error / d")
-  axes[0][-1].legend(frameon=False, fontsize=7)
+  for ax in axes[0]:
+    ax.legend(frameon=False, fontsize=6)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
   fig.savefig(out_path, dpi=150)
