@@ -165,6 +165,9 @@ def evaluate(model, config, init_model=None) -> dict:
   ``init_model`` (the network before training) adds the untrained Phi-probe control."""
   c, e = config.task, config.eval
   d, k, dim = int(c.n_dims), int(c.n_points), int(c.rep_dim)
+  if not all(1 <= int(n) < k for n in e.context_lengths):
+    raise ValueError(f"eval.context_lengths must lie in [1, task.n_points - 1 = {k - 1}], got "
+                     f"{tuple(e.context_lengths)}")
   phi = make_phi(config)
   test = eval_prompts(config, phi, int(e.num_prompts), stream=0)
   fit = eval_prompts(config, phi, int(e.probe_train_prompts), stream=1)

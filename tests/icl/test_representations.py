@@ -101,6 +101,10 @@ def test_bad_inputs_name_the_field():
   config.task.curriculum.dims_start = 2
   with pytest.raises(ValueError, match="dims_start"):
     representations.RepresentationTask(config)
+  config = rep_config.get_config("smoke")
+  config.eval.context_lengths = (5, 21)
+  with pytest.raises(ValueError, match="context_lengths"):
+    representations.evaluate(None, config)
 
 
 def test_task_batches_follow_the_representation():
