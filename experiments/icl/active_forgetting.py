@@ -13,15 +13,27 @@ Curves over training and final values of
   * IWL accuracy on seen items (query item absent from the context),
 with chance levels 1 / L (ignoring the context) and B / N (any label present in the context).
 
-Resets come from ``ForgettingTask.after_update``, a pure function of the update count and the
-loop's per-step key, so a resumed run re-draws exactly the embeddings the uninterrupted one does.
-A reset is applied after updates k + 1, 2k + 1, ... (k = ``forget_every``), i.e. at the start of
-every k-update block but the first (what the block's first update wrote into the embedding is
-discarded), so every multiple of k, where curves are evaluated, is the end of a block. The hook
-sees parameters only: the Adam moments of the embedding are not reset (Chen et al. reset them).
-Their first moment decays within ~1 / (1 - b1) = 10 updates, so for about ten updates after a
-reset the fresh rows of recently seen items are still pushed along their last gradient
-direction; the second moment keeps the embedding's step size at its pre-reset scale.
+Resets come from ``ForgettingTask.after_update_with_opt_state`` (a loop hook), a pure function of
+the update count and the loop's per-step key, so a resumed run re-draws exactly the embeddings the
+uninterrupted one does. A reset is applied after updates k + 1, 2k + 1, ... (k = ``forget_every``),
+i.e. at the start of every k-update block but the first (what the block's first update wrote into
+the embedding is discarded), so every multiple of k, where curves are evaluated, is the end of a
+block. A reset re-draws the rows of ``task.forget_rows`` ("items": all but the L label tokens, the
+smoke setting; "all") from N(0, ``task.embed_std``^2), the distribution every regime's embedding is
+initialised from, and zeroes those rows' Adam moments. Deviations from Chen et al.: Adam's step
+count is shared by all parameters and is not restarted, so the bias correction of the fresh moments
+is ~1 and the first updates of a reset row are larger than a fresh Adam's would be; and the label
+rows are kept in the smoke config. Input and output embeddings are untied (with tied ones a reset
+also wipes the label read-out).
+
+Smoke-scale outcome (1600 updates, k = 100, embed_std = 1, one seed): forgetting raises
+unseen-token ICL above vanilla (about 0.75 vs 0.62) at a large cost in IWL, and temporary forgetting
+brings IWL back above active forgetting's. Not reproduced: vanilla failing on unseen tokens at the
+same time. With the decoder's default embedding std 0.02 vanilla's unseen-token ICL stays at the
+context-chance level B / N, but then forgetting does not raise it either (Adam moves a re-drawn row
+far from its random draw within a few updates, so the copy circuit keys on learned features); with
+embed_std = 1 vanilla itself learns a partly embedding-agnostic copy (0.5-0.65 on unseen tokens), so
+the gap forgetting opens is ~0.1-0.3, not the near-chance vs near-perfect contrast of the papers.
 """
 
 import json
@@ -43,6 +55,7 @@ from jaxllm.train.loop import train
 TESTS = ("icl_seen", "icl_unseen", "iwl")
 RUN_FIELDS = ("name", "forget_every", "forget_until")
 EMBED_INIT_STD = 0.02  # the decoder's token-embedding initialiser (models.transformer)
+FORGET_ROWS = ("all", "items")  # rows re-drawn at a reset: every token, or all but the labels
 
 
 def _validate(config):
@@ -81,8 +94,14 @@ def make_task(config) -> data.TokenTask:
   return data.make_task(int(config.seed), t.num_labels, t.num_seen, t.num_unseen, t.alpha)
 
 
+def _is_embedding_leaf(path) -> bool:
+  """Whether a pytree path ends in the token-embedding matrix (params or an optimizer moment)."""
+  names = [getattr(k, "key", None) for k in path]
+  return names[-2:] == ["tok_embed", "embedding"]
+
+
 class ForgettingTask:
-  """Bursty token classification; ``after_update`` re-draws the token embedding on schedule.
+  """Bursty token classification; embedding rows and their Adam moments are reset on schedule.
 
   Args:
     config: the experiment config (``task``, ``model``, ``train`` blocks).
@@ -98,13 +117,29 @@ class ForgettingTask:
                        p_bursty=float(t.p_bursty), p_relabel=float(t.p_relabel))
     self.batch_size = int(config.train.batch_size)
     self.seed = int(config.seed)
+    self.embed_std = float(t.get("embed_std", EMBED_INIT_STD))
+    self.forget_rows = t.get("forget_rows", "all")
+    if self.forget_rows not in FORGET_ROWS:
+      raise ValueError(f"config.task.forget_rows must be one of {FORGET_ROWS}, "
+                       f"got {self.forget_rows!r}")
+    if not self.embed_std > 0:
+      raise ValueError(f"config.task.embed_std must be positive, got {self.embed_std}")
     self.forget_every = int(forget_every)
     self.forget_until = int(config.train.steps if forget_until is None else forget_until)
     self.model_cfg = dict(config.model.to_dict(), io="tokens",
                           vocab_size=self.token_task.vocab_size)
 
+  def draw_embedding(self, key, shape, dtype):
+    """A token-embedding matrix from the init distribution N(0, embed_std^2)."""
+    return layers.dense_init(self.embed_std)(key, shape, dtype)
+
   def init_model(self, rngs):
-    return build(self.model_cfg, rngs=rngs)
+    """The decoder, its token embedding drawn at ``embed_std`` (the same in every regime)."""
+    model = build(self.model_cfg, rngs=rngs)
+    emb = model.tok_embed.embedding
+    if self.embed_std != EMBED_INIT_STD:
+      emb[...] = self.draw_embedding(jax.random.key(self.seed), emb.shape, emb.dtype)
+    return model
 
   def batch(self, step: int):
     rng = np.random.default_rng([self.seed, 1, step])
@@ -128,15 +163,27 @@ class ForgettingTask:
     # Plain operators: a Python bool for an int step, a traced bool inside the jitted update.
     return (step > k) & (step % k == 1 % k) & (step <= self.forget_until)
 
-  def after_update(self, step, params, key):
-    """Re-draws the whole token-embedding matrix from its init distribution at reset steps."""
+  def reset_rows(self, step, vocab_size):
+    """[V, 1] bool: the embedding rows re-drawn after update ``step``."""
+    rows_V = jnp.arange(vocab_size) >= (self.num_labels if self.forget_rows == "items" else 0)
+    return (rows_V & self.is_reset(step))[:, None]
+
+  def after_update_with_opt_state(self, step, params, opt_state, key):
+    """At reset steps re-draws the embedding rows (all, or the items') from the init distribution
+    and zeroes their Adam moments; every other parameter and moment is left as it is."""
     if not self.forget_every:
-      return params
+      return params, opt_state
     emb_VD = params["tok_embed"]["embedding"]
-    fresh_VD = layers.dense_init(EMBED_INIT_STD)(jax.random.fold_in(key, 0x5EED), emb_VD.shape,
-                                                 emb_VD.dtype)
-    params["tok_embed"]["embedding"] = jnp.where(self.is_reset(step), fresh_VD, emb_VD)
-    return params
+    rows_V1 = self.reset_rows(step, emb_VD.shape[0])
+    fresh_VD = self.draw_embedding(jax.random.fold_in(key, 0x5EED), emb_VD.shape, emb_VD.dtype)
+    params["tok_embed"]["embedding"] = jnp.where(rows_V1, fresh_VD, emb_VD)
+
+    def clear(path, x):
+      if _is_embedding_leaf(path) and getattr(x, "shape", None) == emb_VD.shape:
+        return jnp.where(rows_V1, jnp.zeros_like(x), x)
+      return x
+
+    return params, jax.tree_util.tree_map_with_path(clear, opt_state)
 
 
 def make_tests(config, token_task):

@@ -2,6 +2,7 @@
 
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -117,3 +118,48 @@ def test_after_update_hook_edits_params(tmp_path, steps, zeroed):
   result = loop.train(config, str(tmp_path / "h"), ResettingTask(config), progress=False)
   bias = np.asarray(result.model.read_in.bias[...])
   assert (np.abs(bias).max() == 0.0) == zeroed
+
+
+class MomentResettingTask(LinearRegressionTask):
+  """Zeroes the read-in bias and its optimizer moments after update 4."""
+
+  def after_update_with_opt_state(self, step, params, opt_state, key):
+    del key
+    reset = step == 4
+
+    def clear(path, x):
+      names = [getattr(k, "key", None) for k in path]
+      if names[-2:] == ["read_in", "bias"]:
+        return jnp.where(reset, jnp.zeros_like(x), x)
+      return x
+
+    params = jax.tree_util.tree_map_with_path(clear, params)
+    return params, jax.tree_util.tree_map_with_path(clear, opt_state)
+
+
+def _moment_leaves(opt_state, names):
+  """Leaves of ``opt_state`` whose path ends in ``names`` (one per moment tree)."""
+  leaves = jax.tree_util.tree_leaves_with_path(opt_state)
+  return [x for path, x in leaves if [getattr(k, "key", None) for k in path][-2:] == names]
+
+
+def test_opt_state_hook_resets_params_and_moments(tmp_path, monkeypatch):
+  config = tiny_config(steps=4, checkpoint_every=0)
+  config.optimizer.update(name="adam", schedule="constant", warmup_steps=0)
+  seen = {}
+  real_save = loop.Checkpointer.save
+
+  def save(self, step, state, meta):
+    seen["opt_state"] = jax.device_get(state["opt_state"])
+    return real_save(self, step, state, meta)
+
+  monkeypatch.setattr(loop.Checkpointer, "save", save)
+  result = loop.train(config, str(tmp_path / "m"), MomentResettingTask(config), progress=False)
+  assert np.abs(np.asarray(result.model.read_in.bias[...])).max() == 0.0
+  moments = _moment_leaves(seen["opt_state"], ["read_in", "bias"])
+  assert len(moments) == 2  # Adam's mu and nu
+  for m in moments:
+    np.testing.assert_array_equal(m, 0.0)
+  # Other parameters' moments are untouched.
+  kernels = _moment_leaves(seen["opt_state"], ["read_in", "kernel"])
+  assert len(kernels) == 2 and all(np.abs(np.asarray(m)).max() > 0 for m in kernels)
