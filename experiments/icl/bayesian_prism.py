@@ -5,7 +5,6 @@ with the posterior mean of the training prior, the posterior means of each singl
 
 import os
 
-import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.data import icl_regression
@@ -15,7 +14,7 @@ from jaxllm.models.transformer import build
 from jaxllm.results import write_results
 from jaxllm.train.loop import train
 
-from experiments.icl.linear_regression import predict
+from experiments.icl.linear_regression import check_prompt_fits, predict, prompt_loss
 
 
 def make_family(config, name: str, n_dims: int | None = None) -> prism_tasks.Family:
@@ -52,9 +51,7 @@ class PrismTask:
     self._families = {self.input_dim: self.family}
     self.model_cfg = dict(config.model.to_dict(), io="vectors", input_dim=self.input_dim,
                           output_dim=1)
-    if 2 * self.n_points > self.model_cfg.get("max_len", 0):
-      raise ValueError(f"model.max_len={self.model_cfg.get('max_len')} is shorter than the prompt "
-                       f"(2 * task.n_points = {2 * self.n_points} tokens)")
+    check_prompt_fits(self.model_cfg, self.n_points)
 
   def init_model(self, rngs):
     return build(self.model_cfg, rngs=rngs)
@@ -71,8 +68,7 @@ class PrismTask:
     return {"tokens": icl_regression.interleave(xs, ys), "ys": ys}
 
   def loss(self, model, batch):
-    preds = model(batch["tokens"])[:, ::2, 0]
-    return jnp.mean((preds - batch["ys"]) ** 2), {}
+    return prompt_loss(model, batch)
 
 
 def evaluate(model, config, train_prior: str) -> dict:

@@ -4,10 +4,9 @@ squares, averaging, 3-NN and the family's strong baseline (Lasso, gradient-boost
 
 import os
 
-import jax.numpy as jnp
 import numpy as np
 
-from experiments.icl.linear_regression import predict
+from experiments.icl.linear_regression import check_prompt_fits, predict, prompt_loss
 from jaxllm.data import icl_functions
 from jaxllm.data import icl_regression as data
 from jaxllm.icl import baselines, function_baselines
@@ -47,9 +46,7 @@ class FunctionTask:
                                   int(cur.interval))
     self.model_cfg = dict(config.model.to_dict(), io="vectors", input_dim=self.n_dims,
                           output_dim=1)
-    if 2 * self.n_points > self.model_cfg.get("max_len", 0):
-      raise ValueError(f"model.max_len={self.model_cfg.get('max_len')} is shorter than the prompt "
-                       f"(2 * task.n_points = {2 * self.n_points} tokens)")
+    check_prompt_fits(self.model_cfg, self.n_points)
 
   def init_model(self, rngs):
     return build(self.model_cfg, rngs=rngs)
@@ -61,8 +58,7 @@ class FunctionTask:
     return {"tokens": data.interleave(xs, ys), "ys": ys}
 
   def loss(self, model, batch):
-    preds = model(batch["tokens"])[:, ::2, 0]
-    return jnp.mean((preds - batch["ys"]) ** 2), {}
+    return prompt_loss(model, batch)
 
 
 def baseline_predictions(config, family, xs, ys):

@@ -14,6 +14,19 @@ from jaxllm.results import write_results
 from jaxllm.train.loop import train
 
 
+def check_prompt_fits(model_cfg: dict, n_points: int):
+  """Raises ValueError when 2 * n_points prompt tokens exceed ``model.max_len``."""
+  if 2 * n_points > model_cfg.get("max_len", 0):
+    raise ValueError(f"model.max_len={model_cfg.get('max_len')} is shorter than the prompt "
+                     f"(2 * task.n_points = {2 * n_points} tokens)")
+
+
+def prompt_loss(model, batch):
+  """Mean squared error of the predictions read at the x positions of interleaved prompts."""
+  preds = model(batch["tokens"])[:, ::2, 0]
+  return jnp.mean((preds - batch["ys"]) ** 2), {}
+
+
 class LinearRegressionTask:
   """Batches are a pure function of (seed, step); the curriculum widens d and k over training."""
 
@@ -30,10 +43,7 @@ class LinearRegressionTask:
                                   int(cur.interval))
     self.model_cfg = dict(config.model.to_dict(), io="vectors", input_dim=self.n_dims,
                           output_dim=1)
-    if 2 * self.n_points > self.model_cfg.get("max_len", 0):
-      raise ValueError(
-          f"model.max_len={self.model_cfg.get('max_len')} is shorter than the prompt "
-          f"(2 * task.n_points = {2 * self.n_points} tokens)")
+    check_prompt_fits(self.model_cfg, self.n_points)
 
   def init_model(self, rngs):
     return build(self.model_cfg, rngs=rngs)
@@ -46,8 +56,7 @@ class LinearRegressionTask:
     return {"tokens": data.interleave(xs, ys), "ys": ys}
 
   def loss(self, model, batch):
-    preds = model(batch["tokens"])[:, ::2, 0]
-    return jnp.mean((preds - batch["ys"]) ** 2), {}
+    return prompt_loss(model, batch)
 
 
 def predict(model, xs, ys, batch_size: int = 256) -> np.ndarray:
