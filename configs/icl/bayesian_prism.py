@@ -24,8 +24,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task = ml_collections.ConfigDict(dict(
       n_dims=20, n_points=41, sparsity=3, noise_std=0.1, max_freq=10, half_period=5.0,
       num_monomials=20,
-      train_priors=["dense", "sparse", "sign", "dense+sparse", "dense+sign", "fourier",
-                    "monomial"]))
+      train_priors=("dense", "sparse", "sign", "dense+sparse", "dense+sign", "fourier",
+                    "monomial")))
   c.task.curriculum = ml_collections.ConfigDict(dict(
       dims_start=5, dims_inc=1, points_start=11, points_inc=2, interval=2000))
   c.model = ml_collections.ConfigDict(dict(
@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(num_prompts=1280))
   if arg == "smoke":
     c.task.update(n_dims=5, n_points=16, sparsity=1, max_freq=3)
-    c.task.train_priors = ["dense+sparse", "fourier"]
+    c.task.train_priors = ("dense+sparse", "fourier")
     c.task.curriculum = ml_collections.ConfigDict(dict(
         dims_start=2, dims_inc=1, points_start=6, points_inc=2, interval=300))
     c.model.update(d_model=64, num_layers=3, num_heads=2, max_len=64)

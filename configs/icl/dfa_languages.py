@@ -23,7 +23,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task = ml_collections.ConfigDict(dict(
       vocab_size=20, min_states=4, max_states=12, min_edges=1, max_edges=3,
       min_strings=10, max_strings=19, min_len=1, max_len=49, num_train_dfas=5000))
-  c.methods = ["dense", "linear", "lightning", "retention"]
+  c.methods = ("dense", "linear", "lightning", "retention")
   c.model = ml_collections.ConfigDict(dict(
       style="gpt2", d_model=256, num_layers=8, num_heads=4, num_kv_heads=None, max_len=1024,
       attention="dense", attention_impl="auto", attention_options={}, dtype="float32"))
@@ -36,7 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                           skip_strings=1))
   if arg == "smoke":
     c.task.update(min_strings=6, max_strings=8, min_len=1, max_len=10, num_train_dfas=500)
-    c.methods = ["dense", "linear"]
+    c.methods = ("dense", "linear")
     c.model.update(d_model=64, num_layers=2, num_heads=2, max_len=96)
     c.optimizer.update(learning_rate=2e-3, warmup_steps=100)
     c.train.update(steps=1200, batch_size=32, log_every=100, checkpoint_every=600)
