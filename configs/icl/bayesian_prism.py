@@ -4,7 +4,8 @@ posterior mean of that mixture.
 Smoke (d = 5 dense+sparse mixture and a Fourier prior with frequencies up to 3, one 3-layer model
 each with a curriculum over d and k, about ten minutes on 2 CPU cores):
   python -m jaxllm.main --config=configs/icl/bayesian_prism.py:smoke --workdir=runs/bayesian_prism
-Paper scale (d = 20, one 12-layer model per prior, 500k steps each):
+Paper scale (d = 20, one 12-layer model per prior, 500k steps each; the low-rank family uses
+d = task.lowrank_dims = 16, a 4 x 4 matrix of rank task.rank = 1, since 20 is not a square):
   python -m jaxllm.main --config=configs/icl/bayesian_prism.py --workdir=runs/bayesian_prism_full
 Figure:
   python scripts/figures/fig_bayesian_prism.py --workdir=runs/bayesian_prism
@@ -23,9 +24,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.task = ml_collections.ConfigDict(dict(
       n_dims=20, n_points=41, sparsity=3, noise_std=0.1, max_freq=10, half_period=5.0,
-      num_monomials=20,
+      num_monomials=20, rank=1, lowrank_dims=16,
       train_priors=("dense", "sparse", "sign", "dense+sparse", "dense+sign", "fourier",
-                    "monomial")))
+                    "monomial", "lowrank")))
   c.task.curriculum = ml_collections.ConfigDict(dict(
       dims_start=5, dims_inc=1, points_start=11, points_inc=2, interval=2000))
   c.model = ml_collections.ConfigDict(dict(

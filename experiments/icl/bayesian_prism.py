@@ -1,7 +1,9 @@
 """Bayesian prism (Panwar et al.): train a transformer per prior (single families, mixtures and
 the Fourier / degree-2-monomial feature families) and compare its error at every context length
 with the posterior mean of the training prior, the posterior means of each single family, ridge
-(lambda = sigma^2) and least squares."""
+(lambda = sigma^2) and least squares. The low-rank family (w = vec of a rank-r sqrt(d) x sqrt(d)
+matrix, d = task.lowrank_dims) has no closed-form posterior mean: its reference is nuclear-norm
+minimisation (lambda = sigma, ``low_rank.default_lambda``)."""
 
 import os
 
@@ -9,7 +11,7 @@ import numpy as np
 
 from jaxllm.data import icl_regression
 from jaxllm.data import prism_tasks
-from jaxllm.icl import baselines, posterior
+from jaxllm.icl import baselines, low_rank, posterior
 from jaxllm.models.transformer import build
 from jaxllm.results import write_results
 from jaxllm.train.loop import train
@@ -18,12 +20,16 @@ from experiments.icl.linear_regression import check_prompt_fits, predict, prompt
 
 
 def make_family(config, name: str, n_dims: int | None = None) -> prism_tasks.Family:
+  """The named family at ``n_dims`` (default task.n_dims, or task.lowrank_dims for ``lowrank``,
+  whose d must be a perfect square)."""
   c = config.task
-  n = int(c.n_dims if n_dims is None else n_dims)
+  if n_dims is None:
+    n_dims = c.lowrank_dims if name == prism_tasks.LOWRANK else c.n_dims
+  n = int(n_dims)
   return prism_tasks.make_family(
       name, n, min(int(c.sparsity), n),
       max_freq=int(c.max_freq), half_period=float(c.half_period),
-      num_monomials=int(c.num_monomials), seed=int(config.seed))
+      num_monomials=int(c.num_monomials), rank=int(c.rank), seed=int(config.seed))
 
 
 class PrismTask:
@@ -31,7 +37,8 @@ class PrismTask:
 
   As in the linear-regression study, a curriculum grows the number of in-context examples and,
   for the linear priors, the number of active input dimensions (the prior is drawn in the active
-  subspace and the remaining coordinates are zero).
+  subspace and the remaining coordinates are zero). The low-rank family keeps all d dimensions
+  from the start: a zero-padded prefix of vec(W) is not the vec of a smaller square matrix.
   """
 
   def __init__(self, config, prior_name: str):
@@ -41,10 +48,10 @@ class PrismTask:
     self.n_points, self.noise_std = int(c.n_points), float(c.noise_std)
     self.batch_size, self.seed = int(config.train.batch_size), int(config.seed)
     cur = c.curriculum
-    linear = prior_name not in prism_tasks.FEATURE_FAMILIES
+    grow_dims = prior_name not in prism_tasks.SOLO_FAMILIES
     self.input_dim = self.family.input_dim
     self.dims = icl_regression.Curriculum(
-        int(cur.dims_start) if linear else self.input_dim, self.input_dim, int(cur.dims_inc),
+        int(cur.dims_start) if grow_dims else self.input_dim, self.input_dim, int(cur.dims_inc),
         int(cur.interval))
     self.points = icl_regression.Curriculum(int(cur.points_start), self.n_points,
                                             int(cur.points_inc), int(cur.interval))
@@ -73,8 +80,8 @@ class PrismTask:
 
 def evaluate(model, config, train_prior: str) -> dict:
   """Squared error per context length on prompts from each family of the training prior,
-  normalised by d for the linear families and by the zero predictor's error for the feature
-  families."""
+  normalised by d for the linear families (lowrank included) and by the zero predictor's error for
+  the feature families."""
   c = config.task
   noise = float(c.noise_std)
   prior_family = make_family(config, train_prior)
@@ -85,15 +92,18 @@ def evaluate(model, config, train_prior: str) -> dict:
     xs, ys = prism_tasks.sample_family(rng, family, int(config.eval.num_prompts),
                                        int(c.n_points), noise)
     phi = family.features(xs)
-    preds = {"transformer": predict(model, xs, ys),
-             "posterior_mean": posterior.posterior_mean(phi, ys, prior_family.prior, noise),
-             "least_squares": baselines.least_squares(xs, ys)}
+    preds = {"transformer": predict(model, xs, ys)}
+    if prior_family.prior is not None:
+      preds["posterior_mean"] = posterior.posterior_mean(phi, ys, prior_family.prior, noise)
+    if name == prism_tasks.LOWRANK:
+      preds["nuclear_norm"] = low_rank.nuclear_norm(xs, ys, low_rank.default_lambda(noise))
+    preds["least_squares"] = baselines.least_squares(xs, ys)
     if name in prism_tasks.FEATURE_FAMILIES:
       preds["least_squares_features"] = baselines.least_squares(phi, ys)
       normalizer = float(np.mean(ys.astype(np.float64) ** 2))
     else:
       preds["ridge"] = baselines.ridge(xs, ys, noise**2)
-      normalizer = float(c.n_dims)
+      normalizer = float(family.input_dim)
     if name == "monomial":  # knows the degree but not which monomials: ridge on all of them
       every = prism_tasks.monomial_pairs(0, xs.shape[-1], xs.shape[-1] * (xs.shape[-1] + 1) // 2)
       preds["ridge_all_monomials"] = baselines.ridge(
@@ -107,7 +117,7 @@ def evaluate(model, config, train_prior: str) -> dict:
     gaps = {n: float(((preds["transformer"] - p) ** 2).mean() / normalizer)
             for n, p in preds.items() if n != "transformer"}
     out[name] = {"errors": {n: e.tolist() for n, e in errors.items()}, "prediction_gap": gaps,
-                 "normalizer": normalizer}
+                 "normalizer": normalizer, "n_dims": family.input_dim}
   return out
 
 

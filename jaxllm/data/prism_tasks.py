@@ -12,6 +12,11 @@ Feature families are linear in fixed features phi(x) of the input:
 
 The same prior object drives the sampler and the posterior-mean baseline in
 ``jaxllm.icl.posterior`` (applied to phi(x) for the feature families).
+
+``lowrank`` is linear in x ~ N(0, I_d) with w = vec(W), W a sqrt(d) x sqrt(d) matrix of rank r.
+Its prior is not a Gaussian mixture and its posterior mean has no closed form, so its Family has
+no ``prior`` but its own weight sampler; the study compares it with nuclear-norm minimisation
+(``jaxllm.icl.low_rank``). Feature families and ``lowrank`` train on their own, never in mixtures.
 """
 
 import dataclasses
@@ -19,10 +24,12 @@ from typing import Callable
 
 import numpy as np
 
-from jaxllm.icl import posterior
+from jaxllm.icl import low_rank, posterior
 
 FAMILIES = ("dense", "sparse", "sign")
 FEATURE_FAMILIES = ("fourier", "monomial")
+LOWRANK = "lowrank"
+SOLO_FAMILIES = FEATURE_FAMILIES + (LOWRANK,)
 
 
 def make_prior(name: str, n_dims: int, sparsity: int):
@@ -31,7 +38,7 @@ def make_prior(name: str, n_dims: int, sparsity: int):
   bad = [p for p in parts if p not in FAMILIES]
   if bad or not name:
     raise ValueError(f"task prior {name!r}: unknown families {bad}; allowed: {list(FAMILIES)} "
-                     f"joined by '+', or one of {list(FEATURE_FAMILIES)} alone")
+                     f"joined by '+', or one of {list(SOLO_FAMILIES)} alone (via make_family)")
   build = {"dense": lambda: posterior.dense_prior(n_dims),
            "sparse": lambda: posterior.sparse_prior(n_dims, sparsity),
            "sign": lambda: posterior.sign_prior(n_dims)}
@@ -89,21 +96,45 @@ def monomial_features(x_BKD, pairs) -> np.ndarray:
   return x[..., pairs[:, 0]] * x[..., pairs[:, 1]]
 
 
+def lowrank_sampler(n_dims: int, rank: int) -> Callable:
+  """``sample(rng, batch)`` -> w [B, d] = vec(U V^T) / sqrt(rank), U, V [sqrt(d), rank] with
+  N(0, 1) entries: every W has rank ``rank`` and E w w^T = I, so E||w||^2 = d as for ``dense``."""
+  side = low_rank.matrix_side(n_dims, "lowrank family: n_dims (task.lowrank_dims)")
+  if not 1 <= rank <= side:
+    raise ValueError(f"lowrank family: task.rank must be in [1, {side}] for {side} x {side} "
+                     f"matrices (n_dims = {n_dims}), got {rank}")
+
+  def sample(rng, batch):
+    u = rng.standard_normal((batch, side, rank))
+    v = rng.standard_normal((batch, side, rank))
+    return (u @ v.transpose(0, 2, 1)).reshape(batch, n_dims) / np.sqrt(rank)
+
+  return sample
+
+
 @dataclasses.dataclass(frozen=True)
 class Family:
   """A prior over functions: inputs ``sample_x(rng, batch, k)`` [B, k, input_dim], features
-  ``features(xs)`` [B, k, F] and a Gaussian-mixture ``prior`` over the F feature weights."""
+  ``features(xs)`` [B, k, F] and a Gaussian-mixture ``prior`` over the F feature weights, or, for
+  a prior that is no such mixture (``lowrank``), ``prior=None`` and ``sample_w(rng, batch)``."""
 
   name: str
   input_dim: int
-  prior: tuple
+  prior: tuple | None
   features: Callable
   sample_x: Callable
+  sample_w: Callable | None = None
 
 
 def make_family(name: str, n_dims: int, sparsity: int, *, max_freq: int = 10,
-                half_period: float = 5.0, num_monomials: int = 20, seed: int = 0) -> Family:
-  """The Family for a linear prior name (see ``make_prior``) or a feature family."""
+                half_period: float = 5.0, num_monomials: int = 20, rank: int = 1,
+                seed: int = 0) -> Family:
+  """The Family for a linear prior name (see ``make_prior``), ``lowrank`` or a feature family."""
+  def gaussian_x(rng, b, k):
+    return rng.standard_normal((b, k, n_dims))
+
+  if name == LOWRANK:
+    return Family(name, n_dims, None, lambda xs: xs, gaussian_x, lowrank_sampler(n_dims, rank))
   if name == "fourier":
     return Family(name, 1, fourier_prior(max_freq),
                   lambda xs: fourier_features(xs, max_freq, half_period),
@@ -111,19 +142,20 @@ def make_family(name: str, n_dims: int, sparsity: int, *, max_freq: int = 10,
   if name == "monomial":
     pairs = monomial_pairs(seed, n_dims, num_monomials)
     return Family(name, n_dims, posterior.dense_prior(len(pairs)),
-                  lambda xs: monomial_features(xs, pairs),
-                  lambda rng, b, k: rng.standard_normal((b, k, n_dims)))
-  if "fourier" in name.split("+") or "monomial" in name.split("+"):
-    raise ValueError(f"task prior {name!r}: feature families {list(FEATURE_FAMILIES)} train on "
-                     "their own, not in '+' mixtures")
-  return Family(name, n_dims, make_prior(name, n_dims, sparsity), lambda xs: xs,
-                lambda rng, b, k: rng.standard_normal((b, k, n_dims)))
+                  lambda xs: monomial_features(xs, pairs), gaussian_x)
+  if set(name.split("+")) & set(SOLO_FAMILIES):
+    raise ValueError(f"task prior {name!r}: families {list(SOLO_FAMILIES)} train on their own, "
+                     "not in '+' mixtures")
+  return Family(name, n_dims, make_prior(name, n_dims, sparsity), lambda xs: xs, gaussian_x)
 
 
 def sample_family(rng: np.random.Generator, family: Family, batch: int, n_points: int,
                   noise_std: float):
   """xs [B, k, input_dim], ys [B, k] = w.phi(x) + N(0, noise_std^2) with w from the prior."""
-  w_BF = sample_weights(rng, family.prior, batch)
+  if family.sample_w is not None:
+    w_BF = family.sample_w(rng, batch)
+  else:
+    w_BF = sample_weights(rng, family.prior, batch)
   xs = family.sample_x(rng, batch, n_points)
   ys = np.einsum("bkf,bf->bk", family.features(xs), w_BF)
   ys = ys + noise_std * rng.standard_normal((batch, n_points))

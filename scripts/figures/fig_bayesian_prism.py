@@ -18,6 +18,7 @@ STYLE = {
     "posterior_mean": dict(color="k", ls="--", label="Posterior mean (training prior)"),
     "ridge": dict(color="C2", ls=":", label="Ridge, lambda = sigma^2"),
     "least_squares": dict(color="C0", ls="-.", label="Least squares"),
+    "nuclear_norm": dict(color="k", ls="--", label="Nuclear-norm minimisation"),
 }
 
 
@@ -30,7 +31,7 @@ def plot(results: dict, out_path: str) -> str:
       ax.plot(np.arange(len(err)), err, **STYLE.get(name, dict(lw=1, label=name.replace("_", " "))))
     feature_family = fam in ("fourier", "monomial")
     if not feature_family:
-      ax.axvline(results["n_dims"], color="grey", lw=0.8, ls=":")
+      ax.axvline(ev.get("n_dims", results["n_dims"]), color="grey", lw=0.8, ls=":")
     ax.set_ylim(0, 1.25)
     ax.set_xlabel("in-context examples k")
     ax.set_ylabel("squared error / E y^2" if feature_family else "squared error / d")
