@@ -103,3 +103,44 @@ def test_golden_one_step_loss():
 
 
 GOLDEN = [4.130603313446045, 3.833383321762085]
+
+
+def _markov_batch(rng, batch, length, vocab):
+  """Sequences from a fresh random chain per row: every token has 2 allowed successors."""
+  out = np.zeros((batch, length), np.int32)
+  for b in range(batch):
+    succ = np.stack([rng.choice(vocab, 2, replace=False) for _ in range(vocab)])
+    tok = rng.integers(vocab)
+    for i in range(length):
+      out[b, i] = tok
+      tok = succ[tok, rng.integers(2)]
+  return out
+
+
+@pytest.mark.slow
+def test_two_layer_decoder_learns_in_context_bigrams():
+  """Induction-head check of the backbone: only in-context bigram statistics predict the next
+  token (log 20 = 3.0 nats without them, log 2 = 0.69 with the chain known). Measured: loss
+  3.0 at init, 1.6 after 600 and 1.2 after 1400 Adam steps."""
+  vocab, length, steps = 20, 128, 800
+  model = build(dict(style="gpt2", d_model=64, num_layers=2, num_heads=2, max_len=length,
+                     io="tokens", vocab_size=vocab, attention="dense"), rngs=nnx.Rngs(0))
+  schedule = optax.warmup_cosine_decay_schedule(0.0, 2e-3, 100, steps)
+  opt = nnx.Optimizer(model, optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule)),
+                      wrt=nnx.Param)
+
+  def loss_fn(m, x):  # scored after 32 tokens of context
+    ce = optax.softmax_cross_entropy_with_integer_labels(m(x[:, :-1]), x[:, 1:])
+    return ce[:, 32:].mean()
+
+  @nnx.jit
+  def step(m, opt, x):
+    loss, grads = nnx.value_and_grad(loss_fn)(m, x)
+    opt.update(m, grads)
+    return loss
+
+  rng = np.random.default_rng(0)
+  for _ in range(steps):
+    step(model, opt, jnp.asarray(_markov_batch(rng, 32, length, vocab)))
+  test = jnp.asarray(_markov_batch(np.random.default_rng(1), 64, length, vocab))
+  assert float(loss_fn(model, test)) < 1.8
