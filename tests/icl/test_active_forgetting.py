@@ -233,9 +233,10 @@ def test_config_validation():
 def test_forgetting_raises_unseen_token_icl_and_temporary_forgetting_restores_iwl(tmp_path):
   """The smoke config: vanilla, active and temporary forgetting (embed_std 1, k = 100).
 
-  Measured: vanilla 0.968 / 0.624 / 0.940 (ICL seen / ICL unseen / IWL), active 0.958 / 0.752 /
-  0.552, temporary 0.976 / 0.616 / 0.902. Vanilla's unseen-token ICL is above context chance at
-  this embedding scale, so the papers' near-chance vanilla is not asserted.
+  Measured: vanilla 0.992 / 0.612 / 0.978 (ICL seen / ICL unseen / IWL), active 0.994 / 0.926 /
+  0.582, temporary (resets until 2400 of 4800 updates) 0.994 / 0.794 / 0.974. Vanilla's
+  unseen-token ICL is above context chance at this embedding scale, so the papers' near-chance
+  vanilla is not asserted.
   """
   results = active_forgetting.run(config_lib.get_config("smoke"), str(tmp_path))
   runs = results["runs"]
@@ -244,16 +245,16 @@ def test_forgetting_raises_unseen_token_icl_and_temporary_forgetting_restores_iw
   # Every regime copies labels in context for seen tokens; vanilla also memorises item -> label.
   for r in (van, act, tmp):
     assert r["final_icl_seen"] > context_chance + 0.5
-  assert van["final_iwl"] > 0.8
-  # Active forgetting: unseen-token ICL well above context chance and above vanilla's, paid for
-  # with in-weights answers.
-  assert act["final_icl_unseen"] > context_chance + 0.35
-  assert act["final_icl_unseen"] > van["final_icl_unseen"] + 0.08
+  assert van["final_iwl"] > 0.9
+  # Active forgetting: unseen-token ICL far above vanilla's plateau, paid for with in-weights
+  # answers.
+  assert act["final_icl_unseen"] > 0.85
+  assert act["final_icl_unseen"] > van["final_icl_unseen"] + 0.2
   assert act["final_iwl"] < van["final_iwl"] - 0.25
-  # Temporary forgetting recovers in-weights answers far above the active-forgetting level while
-  # unseen-token ICL stays well above context chance (back at vanilla's level, not active's).
-  assert tmp["final_iwl"] > act["final_iwl"] + 0.2
-  assert tmp["final_icl_unseen"] > context_chance + 0.25
+  # Temporary forgetting gets both: vanilla's in-weights answers and unseen-token ICL well above
+  # vanilla's.
+  assert tmp["final_iwl"] > van["final_iwl"] - 0.05
+  assert tmp["final_icl_unseen"] > van["final_icl_unseen"] + 0.1
   path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures",
                       "fig_active_forgetting.py")
   spec = importlib.util.spec_from_file_location("fig_active_forgetting", path)
