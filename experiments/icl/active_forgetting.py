@@ -13,7 +13,7 @@ Curves over training and final values of
   * IWL accuracy on seen items (query item absent from the context),
 with chance levels 1 / L (ignoring the context) and B / N (any label present in the context).
 
-Resets come from ``ForgettingTask.after_update_with_opt_state`` (a loop hook), a pure function of
+Resets come from ``ForgettingTask.after_update`` (a loop hook), a pure function of
 the update count and the loop's per-step key, so a resumed run re-draws exactly the embeddings the
 uninterrupted one does. A reset is applied after updates k + 1, 2k + 1, ... (k = ``forget_every``),
 i.e. at the start of every k-update block but the first (what the block's first update wrote into
@@ -169,7 +169,7 @@ class ForgettingTask:
     rows_V = jnp.arange(vocab_size) >= (self.num_labels if self.forget_rows == "items" else 0)
     return (rows_V & self.is_reset(step))[:, None]
 
-  def after_update_with_opt_state(self, step, params, opt_state, key):
+  def after_update(self, step, params, opt_state, key):
     """At reset steps re-draws the embedding rows (all, or the items') from the init distribution
     and zeroes their Adam moments; every other parameter and moment is left as it is."""
     if not self.forget_every:

@@ -67,10 +67,9 @@ def train(config, workdir: str, task, *, total_steps: int | None = None,
   Killing the run and starting it again continues from the last checkpoint with the same
   batches, RNG and optimizer state, so the resumed loss sequence equals the uninterrupted one.
 
-  Optional task hooks, traced inside the jitted step after the optimizer update (``step`` is the
-  number of updates done, ``key`` the step's key): ``after_update(step, params, key) -> params``
-  and ``after_update_with_opt_state(step, params, opt_state, key) -> (params, opt_state)``; a task
-  may define either or both (the first runs first).
+  Optional task hook, traced inside the jitted step after the optimizer update (``step`` is the
+  number of updates done, ``key`` the step's key):
+  ``after_update(step, params, opt_state, key) -> (params, opt_state)``.
   """
   tcfg = config.train
   total = int(tcfg.steps if total_steps is None else total_steps)
@@ -110,11 +109,8 @@ def train(config, workdir: str, task, *, total_steps: int | None = None,
       extra["logits_fn"] = lambda p: task.logits(merge(p), batch)
     updates, opt_state = opt.update(grads, state["opt_state"], state["params"], **extra)
     params = optax.apply_updates(state["params"], updates)
-    if hasattr(task, "after_update"):  # e.g. periodic embedding resets (active forgetting)
-      params = task.after_update(state["step"] + 1, params, key)
-    if hasattr(task, "after_update_with_opt_state"):  # a reset that also clears optimizer moments
-      params, opt_state = task.after_update_with_opt_state(state["step"] + 1, params, opt_state,
-                                                           key)
+    if hasattr(task, "after_update"):  # e.g. embedding resets with their moments (active forgetting)
+      params, opt_state = task.after_update(state["step"] + 1, params, opt_state, key)
     new = {
         "params": params,
         "opt_state": opt_state,

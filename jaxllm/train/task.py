@@ -12,8 +12,9 @@ class Task(Protocol):
   position, so a resumed run sees exactly the batches the uninterrupted run would have seen.
   Optionally a task defines ``logits(model, batch) -> (logits [..., V], mask [...])`` for optimizers
   that sample labels from the model (Sophia-G), and
-  ``after_update(step, params, key) -> params`` (traced inside the jitted step; ``step`` counts
-  completed updates) to edit parameters after each update, e.g. re-initialise embeddings.
+  ``after_update(step, params, opt_state, key) -> (params, opt_state)`` (traced inside the jitted
+  step; ``step`` counts completed updates) to edit parameters and optimizer state after each
+  update, e.g. re-initialise embeddings and zero their moments.
   """
 
   def init_model(self, rngs: nnx.Rngs) -> nnx.Module:

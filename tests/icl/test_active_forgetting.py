@@ -154,7 +154,7 @@ def test_reset_redraws_item_rows_and_zeroes_their_moments():
   params = jax.tree_util.tree_map(lambda x: x + 3.0, params)  # "trained": far from the init
   opt_state = optax.adam(1e-3).init(params)
   opt_state = jax.tree_util.tree_map(lambda x: x + 1.0 if x.ndim else x, opt_state)
-  hook = jax.jit(task.after_update_with_opt_state)
+  hook = jax.jit(task.after_update)
   key = jax.random.key(5)
 
   def call(step, k=key):
@@ -182,7 +182,7 @@ def test_reset_redraws_item_rows_and_zeroes_their_moments():
   # forget_rows="all" re-draws the label rows too.
   config.task.forget_rows = "all"
   task = active_forgetting.ForgettingTask(config, forget_every=100)
-  out, _ = jax.jit(task.after_update_with_opt_state)(jnp.int32(101), params, opt_state, key)
+  out, _ = jax.jit(task.after_update)(jnp.int32(101), params, opt_state, key)
   assert np.abs(np.asarray(out["tok_embed"]["embedding"][:L]) - old[:L]).min() > 0
 
 

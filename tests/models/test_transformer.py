@@ -120,8 +120,9 @@ def _markov_batch(rng, batch, length, vocab):
 @pytest.mark.slow
 def test_two_layer_decoder_learns_in_context_bigrams():
   """Induction-head check of the backbone: only in-context bigram statistics predict the next
-  token (log 20 = 3.0 nats without them, log 2 = 0.69 with the chain known). Measured: loss
-  3.0 at init, 1.6 after 600 and 1.2 after 1400 Adam steps."""
+  token (log 20 = 3.0 nats without them, log 2 = 0.69 with the chain known). Measured in a run
+  of the same model with a 1500-step schedule: training loss 3.0 at init, 1.6 after 600 and 1.2
+  after 1400 Adam steps; this test's 800-step run passes the 1.8 bound."""
   vocab, length, steps = 20, 128, 800
   model = build(dict(style="gpt2", d_model=64, num_layers=2, num_heads=2, max_len=length,
                      io="tokens", vocab_size=vocab, attention="dense"), rngs=nnx.Rngs(0))

@@ -105,11 +105,11 @@ def test_unknown_optimizer_and_schedule_are_listed(tmp_path):
 class ResettingTask(LinearRegressionTask):
   """Zeroes the read-in bias after every 3rd update."""
 
-  def after_update(self, step, params, key):
+  def after_update(self, step, params, opt_state, key):
     del key
     bias = params["read_in"]["bias"]
     params["read_in"]["bias"] = jnp.where(step % 3 == 0, jnp.zeros_like(bias), bias)
-    return params
+    return params, opt_state
 
 
 @pytest.mark.parametrize("steps,zeroed", [(6, True), (7, False)])
@@ -123,7 +123,7 @@ def test_after_update_hook_edits_params(tmp_path, steps, zeroed):
 class MomentResettingTask(LinearRegressionTask):
   """Zeroes the read-in bias and its optimizer moments after update 4."""
 
-  def after_update_with_opt_state(self, step, params, opt_state, key):
+  def after_update(self, step, params, opt_state, key):
     del key
     reset = step == 4
 
