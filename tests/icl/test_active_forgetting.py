@@ -1,7 +1,6 @@
 """Active forgetting: token generator structure, the embedding reset schedule, and structural ICL on
 unseen tokens appearing only with forgetting."""
 
-import importlib.util
 import os
 
 import jax
@@ -15,6 +14,7 @@ from configs.icl import active_forgetting as config_lib
 from experiments.icl import active_forgetting
 from jaxllm.data import forgetting_tasks as data
 from jaxllm.train.loop import train
+from tests.icl import figure_scripts
 
 L, S, U, N = 8, 64, 16, 8
 
@@ -255,9 +255,5 @@ def test_forgetting_raises_unseen_token_icl_and_temporary_forgetting_restores_iw
   # vanilla's.
   assert tmp["final_iwl"] > van["final_iwl"] - 0.05
   assert tmp["final_icl_unseen"] > van["final_icl_unseen"] + 0.1
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures",
-                      "fig_active_forgetting.py")
-  spec = importlib.util.spec_from_file_location("fig_active_forgetting", path)
-  figure = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(figure)
+  figure = figure_scripts.load("fig_active_forgetting")
   assert os.path.getsize(figure.plot(results, str(tmp_path / "af.png"))) > 10_000

@@ -1,6 +1,5 @@
 """Smoke-scale check of Tarzanagh et al.: GD on softmax attention aligns with the Att-SVM solution."""
 
-import importlib.util
 import os
 
 import jax
@@ -10,6 +9,7 @@ import pytest
 from configs.icl import attention_svm as config_lib
 from experiments.icl import attention_svm
 from jaxllm.icl import svm
+from tests.icl import figure_scripts
 
 
 @pytest.fixture(scope="module")
@@ -55,11 +55,7 @@ def test_config_validation():
 
 
 def _load_figure(name):
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures", f"fig_{name}.py")
-  spec = importlib.util.spec_from_file_location(f"fig_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return figure_scripts.load(f"fig_{name}")
 
 
 def test_figure_is_written(tmp_path, results):

@@ -1,6 +1,5 @@
 """Bursty classification: generator structure, model shapes, and ICL emerging only with burstiness."""
 
-import importlib.util
 import os
 
 import jax
@@ -13,6 +12,7 @@ from configs.icl import bursty as config_lib
 from experiments.icl import bursty
 from jaxllm.data import bursty as bursty_data
 from jaxllm.models.bursty import BurstyClassifier
+from tests.icl import figure_scripts
 
 SHAPE = dict(num_examples=8, eps=0.1, pos_dim=65)
 
@@ -127,10 +127,7 @@ def test_icl_emerges_only_with_bursty_training(tmp_path):
   assert burst["icl_transition_step"] is not None
   # Without burstiness the context is useless during training: ICL stays at 1/L chance.
   assert iid["final_icl"] < iid["chance_uniform"] + 0.05
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures", "fig_bursty.py")
-  spec = importlib.util.spec_from_file_location("fig_bursty", path)
-  figure = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(figure)
+  figure = figure_scripts.load("fig_bursty")
   assert os.path.getsize(figure.plot(results, str(tmp_path / "bursty.png"))) > 10_000
 
 

@@ -1,7 +1,6 @@
 """Function-class generators and their baselines (Garg et al. 2022) against closed forms; the
 trained transformer's claim at smoke scale is marked slow."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -12,6 +11,7 @@ from configs.icl import function_classes as fc_config
 from experiments.icl import function_classes
 from jaxllm.data import icl_functions
 from jaxllm.icl import baselines, function_baselines
+from tests.icl import figure_scripts
 
 
 def _rng(seed=0):
@@ -116,11 +116,7 @@ def test_evaluation_of_an_untrained_model_renders_the_figure(tmp_path):
   assert len(res["errors"]["gradient_boosting"]) == 21 and res["normalizer"] == 1.0
   assert res["errors"]["least_squares"][0] == pytest.approx(
       res["errors"]["averaging"][0])  # no examples: both predict 0
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures",
-                      "fig_function_classes.py")
-  spec = importlib.util.spec_from_file_location("fig_function_classes", path)
-  fig = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(fig)
+  fig = figure_scripts.load("fig_function_classes")
   out = fig.plot({"n_dims": 5, "families": {"decision_tree": res}}, str(tmp_path / "f.png"))
   assert os.path.getsize(out) > 10_000
 

@@ -1,7 +1,6 @@
 """Higher-order methods study (Fu et al. 2023): ill-conditioned inputs and the algorithm side in
 closed form; the trained transformer's layer-to-Newton matching at smoke scale is marked slow."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -10,6 +9,7 @@ from flax import nnx
 
 from configs.icl import higher_order as ho_config
 from experiments.icl import higher_order
+from tests.icl import figure_scripts
 
 
 def test_conditioned_inputs_have_the_requested_spectrum():
@@ -67,10 +67,6 @@ def test_probe_study_of_an_untrained_model_renders_the_figure(tmp_path):
   res = probes["context"]["n=5"]
   assert probes["layers"] == 3 and len(res["best_newton_iter"]) == 3
   assert np.asarray(res["cos_newton"]).shape == (3, int(config.eval.newton_iters) + 1)
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures",
-                      "fig_higher_order.py")
-  spec = importlib.util.spec_from_file_location("fig_higher_order", path)
-  fig = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(fig)
+  fig = figure_scripts.load("fig_higher_order")
   out = fig.plot({"n_dims": 5, "condition_number": 1.0, "probes": probes}, str(tmp_path / "h.png"))
   assert os.path.getsize(out) > 10_000

@@ -1,6 +1,5 @@
 """Smoke-scale check of Zhang-Frei-Bartlett: trained LSA learns Gamma^-1 and the predicted errors."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -8,6 +7,7 @@ import pytest
 
 from configs.icl import lsa_closed_form as config_lib
 from experiments.icl import lsa_closed_form
+from tests.icl import figure_scripts
 
 
 @pytest.fixture(scope="module")
@@ -60,11 +60,7 @@ def test_config_validation():
 
 
 def _load_figure(name):
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures", f"fig_{name}.py")
-  spec = importlib.util.spec_from_file_location(f"fig_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return figure_scripts.load(f"fig_{name}")
 
 
 def test_figure_is_written(tmp_path, results):

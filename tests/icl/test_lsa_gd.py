@@ -1,12 +1,12 @@
 """Smoke-scale check of von Oswald et al.: a trained 1-layer LSA is one GD step at the best rate."""
 
-import importlib.util
 import os
 
 import pytest
 
 from configs.icl import lsa_gd as config_lib
 from experiments.icl import lsa_gd
+from tests.icl import figure_scripts
 
 
 def _config(num_layers):
@@ -62,11 +62,7 @@ def test_config_validation():
 
 
 def _load_figure(name):
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures", f"fig_{name}.py")
-  spec = importlib.util.spec_from_file_location(f"fig_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return figure_scripts.load(f"fig_{name}")
 
 
 def test_figure_is_written(tmp_path, results):

@@ -2,7 +2,6 @@
 posterior in closed form, the probes, and the wiring; the trained model's claims at smoke scale are
 marked slow."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -13,6 +12,7 @@ from configs.icl import representations as rep_config
 from experiments.icl import representations
 from jaxllm.data import icl_functions
 from jaxllm.icl import baselines, posterior, representation_baselines
+from tests.icl import figure_scripts
 
 
 def _prompts(noise_std, num=400, k=12, d=4, dim=5, seed=0):
@@ -136,11 +136,7 @@ def test_evaluate_an_untrained_model_and_render_the_figure(tmp_path):
   assert all(len(v) == k for v in res["errors"].values())
   assert res["probes"]["layers"] == 3 and res["probes"]["phi"] == res["probes"]["phi_untrained"]
   assert res["summary"]["k"] == 10 and res["summary"]["best_phi_probe_layer"] == 1
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures",
-                      "fig_representations.py")
-  spec = importlib.util.spec_from_file_location("fig_representations", path)
-  fig = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(fig)
+  fig = figure_scripts.load("fig_representations")
   meta = {"n_dims": 5, "rep_dim": 5, "phi_depth": 2, "noise_std": 0.1, "train_steps": 0}
   out = fig.plot({**meta, **res}, str(tmp_path / "r.png"))
   assert os.path.getsize(out) > 10_000

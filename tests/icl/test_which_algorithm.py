@@ -1,7 +1,6 @@
 """Which-algorithm study (Akyurek et al. 2022): the estimators and metrics against closed forms and
 hand-checkable cases; the trained models' comparison at smoke scale is marked slow."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -15,6 +14,7 @@ from jaxllm.data import icl_regression as data
 from jaxllm.icl import baselines, gd
 from jaxllm.icl import implicit_weights as iw
 from jaxllm.icl.newton import least_squares_weights
+from tests.icl import figure_scripts
 
 
 def prompts(seed, b=200, k=9, d=3, noise_std=0.0):
@@ -158,11 +158,7 @@ def test_compare_an_untrained_model_and_render_the_figure(tmp_path):
   d = int(config.task.n_dims)
   assert set(out["summary"]["spd"]["ols"]) == {"mean", f"k={d // 2}", f"k={d}", f"k={2 * d}",
                                                f"k={k - 1}"}
-  path = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures",
-                      "fig_which_algorithm.py")
-  spec_mod = importlib.util.spec_from_file_location("fig_which_algorithm", path)
-  fig = importlib.util.module_from_spec(spec_mod)
-  spec_mod.loader.exec_module(fig)
+  fig = figure_scripts.load("fig_which_algorithm")
   results = {"n_dims": d, "num_prompts": 512, "ilwd_prompts": 16,
              "estimators": list(ref["weights"]),
              "models": {"m": {"depth": 1, "width": 16, "noise_variance": 0.25, **out}}}
