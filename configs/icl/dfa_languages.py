@@ -22,7 +22,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.task = ml_collections.ConfigDict(dict(
       vocab_size=20, min_states=4, max_states=12, min_edges=1, max_edges=3,
-      min_strings=10, max_strings=19, min_len=1, max_len=49, num_train_dfas=5000))
+      min_strings=10, max_strings=19, min_len=1, max_len=49, num_train_dfas=5000,
+      prompt_tokens=0))  # > 0: pack strings into prompts of exactly this many tokens
   c.methods = ("dense", "linear", "lightning", "retention")
   c.model = ml_collections.ConfigDict(dict(
       style="gpt2", d_model=256, num_layers=8, num_heads=4, num_kv_heads=None, max_len=1024,
@@ -32,8 +33,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       hparams={}))
   c.train = ml_collections.ConfigDict(dict(
       steps=100_000, batch_size=32, log_every=500, checkpoint_every=10_000))
-  c.eval = ml_collections.ConfigDict(dict(num_prompts=500, ngram_orders=[1, 2, 3, 4],
-                                          skip_strings=1))
+  c.eval = ml_collections.ConfigDict(dict(num_prompts=500, ngram_orders=(1, 2, 3, 4),
+                                          skip_strings=1, ngram_smoothing=0.1))
   if arg == "smoke":
     c.task.update(min_strings=6, max_strings=8, min_len=1, max_len=10, num_train_dfas=500)
     c.methods = ("dense", "linear")

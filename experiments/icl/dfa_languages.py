@@ -5,6 +5,7 @@ predictions that the DFA allows, beside in-context n-gram baselines of several o
 Predictions are the argmax over the alphabet (the separator excluded: every state accepts, so the
 separator is always allowed and would make the metric trivial)."""
 
+import json
 import os
 
 import jax
@@ -29,12 +30,14 @@ class DFATask:
     self.vocab = int(c.vocab_size)
     self.pad = self.vocab + 1
     self.batch_size = int(config.train.batch_size)
-    self.seq_len = int(c.max_strings) * (int(c.max_len) + 1)
+    self.seq_len = prompt_length(c)
     self.model_cfg = dict(config.model.to_dict(), io="tokens", vocab_size=self.vocab + 2,
                           attention=method)
     if self.seq_len > self.model_cfg.get("max_len", 0):
+      longest = ("task.prompt_tokens" if int(c.get("prompt_tokens", 0) or 0)
+                 else "task.max_strings * (task.max_len + 1)")
       raise ValueError(f"model.max_len={self.model_cfg.get('max_len')} is shorter than the longest "
-                       f"prompt (task.max_strings * (task.max_len + 1) = {self.seq_len})")
+                       f"prompt ({longest} = {self.seq_len})")
     self.train_dfas = make_dfas(c, [self.seed, 0], int(c.num_train_dfas))
 
   def init_model(self, rngs):
@@ -60,12 +63,27 @@ def make_dfas(c, seed, n):
                          int(c.min_edges), int(c.max_edges)) for _ in range(n)]
 
 
+def prompt_length(c) -> int:
+  """Tokens per prompt row: ``task.prompt_tokens`` when prompts are packed, else the longest
+  prompt of ``task.max_strings`` strings."""
+  packed = int(c.get("prompt_tokens", 0) or 0)
+  if packed < 0:
+    raise ValueError(f"task.prompt_tokens must be >= 0 (0: min_strings..max_strings strings per "
+                     f"prompt, padded), got {packed}")
+  return packed or int(c.max_strings) * (int(c.max_len) + 1)
+
+
 def prompts(rng, c, dfas, seq_len) -> np.ndarray:
-  """Padded token prompts [B, seq_len], one per DFA."""
+  """Token prompts [B, seq_len], one per DFA: ``task.min_strings..max_strings`` strings padded
+  with PAD, or, when ``task.prompt_tokens`` is set, strings filling exactly ``seq_len`` tokens."""
   out = np.full((len(dfas), seq_len), int(c.vocab_size) + 1, np.int32)
+  packed = int(c.get("prompt_tokens", 0) or 0)
   for b, trans in enumerate(dfas):
-    toks = dfa.sample_prompt(rng, trans, int(rng.integers(c.min_strings, c.max_strings + 1)),
-                             int(c.min_len), int(c.max_len))
+    if packed:
+      toks = dfa.sample_packed_prompt(rng, trans, seq_len, int(c.min_len), int(c.max_len))
+    else:
+      toks = dfa.sample_prompt(rng, trans, int(rng.integers(c.min_strings, c.max_strings + 1)),
+                               int(c.min_len), int(c.max_len))
     out[b, :len(toks)] = toks
   return out
 
@@ -95,12 +113,26 @@ def l1_distance(p_TV, q_TV, mask_T) -> float:
   return float(np.abs(p_TV - q_TV).sum(axis=1)[mask_T].mean()) if mask_T.any() else 0.0
 
 
+def log_loss(p_TV, next_T, mask_T) -> float:
+  """Mean over the scored positions of -log p(next token)."""
+  q = np.asarray(p_TV)[np.arange(len(next_T)), np.asarray(next_T)]
+  return float(-np.log(np.maximum(q[mask_T], 1e-30)).mean()) if mask_T.any() else 0.0
+
+
+def smoothed_ngram_probs(tokens, order: int, vocab: int, alpha: float) -> np.ndarray:
+  """The in-context n-gram's follower counts over the symbols and SEP plus ``alpha`` each,
+  normalised: a log-loss reference (the unsmoothed n-gram gives unseen symbols probability 0)."""
+  counts = ngram.next_token_counts(tokens, order, vocab + 2)[:, :vocab + 1] + alpha
+  return counts / counts.sum(axis=1, keepdims=True)
+
+
 def evaluate(models: dict, config) -> dict:
-  """Validity and L1 distances (to the true next-symbol distribution and to the in-context
-  n-grams) per method and per n-gram order on ``eval.num_prompts`` prompts of unseen DFAs."""
+  """Validity, L1 distances (to the true next-symbol distribution and to the in-context n-grams)
+  and next-token log-loss per method and per n-gram order on ``eval.num_prompts`` prompts of
+  unseen DFAs."""
   c = config.task
   vocab = int(c.vocab_size)
-  seq_len = int(c.max_strings) * (int(c.max_len) + 1)
+  seq_len = prompt_length(c)
   n = int(config.eval.num_prompts)
   test_dfas = make_dfas(c, [int(config.seed), 10**9], n)  # seeds disjoint from the training pool
   tokens = prompts(np.random.default_rng([int(config.seed), 10**9, 1]), c, test_dfas, seq_len)
@@ -117,7 +149,8 @@ def evaluate(models: dict, config) -> dict:
   def mean(per_prompt):
     return float(np.dot(per_prompt, weights) / total)
 
-  out, l1_true, l1_ngram = {}, {}, {}
+  alpha = float(config.eval.get("ngram_smoothing", 0.1))
+  out, l1_true, l1_ngram, nll = {}, {}, {}, {}
   for name, model in models.items():
     fwd = nnx.jit(lambda m, x: jax.nn.softmax(m(x)[..., :vocab + 1], axis=-1))
     probs = np.concatenate([np.asarray(fwd(model, jnp.asarray(tokens[i:i + 100, :-1])))
@@ -130,26 +163,44 @@ def evaluate(models: dict, config) -> dict:
     l1_ngram[name] = {f"ngram{o}": mean([l1_distance(symbol_probs(p, vocab), g, m)
                                          for p, g, m in zip(probs, grams[o], masks)])
                       for o in orders}
+    nll[name] = mean([log_loss(symbol_probs(p, vocab), toks[1:], m)
+                      for p, toks, m in zip(probs, tokens, masks)])
   for o in orders:
     out[f"ngram{o}"] = mean([validity(ngram.predict(toks[:-1], o, vocab + 2,
                                                     allowed=range(vocab)), v, m)
                              for toks, v, m in zip(tokens, valid, masks)])
     l1_true[f"ngram{o}"] = mean([l1_distance(g, q, m) for g, q, m in zip(grams[o], truth, masks)])
+    nll[f"ngram{o}"] = mean([log_loss(smoothed_ngram_probs(toks[:-1], o, vocab, alpha),
+                                      toks[1:], m) for toks, m in zip(tokens, masks)])
+  nll["true"] = mean([log_loss(q, toks[1:], m) for q, toks, m in zip(truth, tokens, masks)])
   # Chance: a uniformly random symbol, i.e. the mean share of allowed symbols.
   out["random"] = mean([v[m].sum() / vocab / max(m.sum(), 1) for v, m in zip(valid, masks)])
   l1_true["uniform"] = mean([l1_distance(np.full_like(q, 1.0 / (vocab + 1)), q, m)
                              for q, m in zip(truth, masks)])
-  return {"validity": out, "l1_to_true": l1_true, "l1_to_ngram": l1_ngram, "num_prompts": n,
-          "scored_positions": total}
+  return {"validity": out, "l1_to_true": l1_true, "l1_to_ngram": l1_ngram, "log_loss": nll,
+          "ngram_smoothing": alpha, "num_prompts": n, "scored_positions": total}
+
+
+def loss_curve(method_dir: str) -> list:
+  """[[step, training loss], ...] from the run's metrics.jsonl."""
+  rows = []
+  with open(os.path.join(method_dir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if "loss" in row:
+        rows.append([int(row["step"]), float(row["loss"])])
+  return rows
 
 
 def run(config, workdir: str) -> dict:
   models, train_info = {}, {}
   for method in config.methods:
-    result = train(config, os.path.join(workdir, method), DFATask(config, method))
+    method_dir = os.path.join(workdir, method)
+    result = train(config, method_dir, DFATask(config, method))
     models[method] = result.model
     train_info[method] = {"train_steps": result.final_step,
-                          "final_train_loss": result.last_metrics.get("loss")}
+                          "final_train_loss": result.last_metrics.get("loss"),
+                          "loss_curve": loss_curve(method_dir)}
   results = {"experiment": "icl.dfa_languages", "methods": list(config.methods),
              "train": train_info, **evaluate(models, config)}
   write_results(workdir, results)

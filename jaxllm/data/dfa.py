@@ -106,6 +106,20 @@ def sample_prompt(rng: np.random.Generator, trans: np.ndarray, num_strings: int,
   return out
 
 
+def sample_packed_prompt(rng: np.random.Generator, trans: np.ndarray, num_tokens: int,
+                         min_len: int, max_len: int) -> list[int]:
+  """Exactly ``num_tokens`` tokens: strings of uniform length in [min_len, max_len], each followed
+  by SEP, drawn until the budget is filled; the last string is cut at the budget (its prefix is
+  still in the language), so a batch of these needs no padding."""
+  if num_tokens < 1:
+    raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
+  sep = trans.shape[1]
+  out = []
+  while len(out) < num_tokens:
+    out += sample_string(rng, trans, int(rng.integers(min_len, max_len + 1))) + [sep]
+  return out[:num_tokens]
+
+
 def valid_next(trans: np.ndarray, tokens) -> np.ndarray:
   """valid [T, vocab]: after tokens[:t+1], which symbols continue the current string inside the
   language; all False once the prefix has left the language, and at PAD."""

@@ -1,5 +1,8 @@
 """In-context DFA languages: validity scoring, batches and the in-context n-gram claim."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 
@@ -7,6 +10,7 @@ from configs.icl import dfa_languages as cfg_mod
 from experiments.icl import dfa_languages as study
 from jaxllm.data import dfa
 from jaxllm.icl import ngram
+from tests.icl import figure_scripts
 
 
 def _chain():
@@ -101,3 +105,69 @@ def test_ngram_distribution_and_l1_distance_by_hand():
   assert study.l1_distance(p, q, np.array([True, True])) == pytest.approx(1.5)
   assert study.l1_distance(p, q, np.array([False, True])) == pytest.approx(1.0)
   np.testing.assert_allclose(study.symbol_probs([[2.0, 2.0, 0.0, 4.0]], 2), [[0.5, 0.5, 0.0]])
+
+
+def test_packed_prompts_fill_the_budget_with_strings_of_the_language():
+  config = cfg_mod.get_config("smoke")
+  config.task.update(num_train_dfas=5, prompt_tokens=40)
+  config.model.max_len = 40
+  task = study.DFATask(config, "dense")
+  tokens = task.batch(0)["tokens"]
+  assert tokens.shape == (32, 40) and not (tokens == task.pad).any()
+  sep = config.task.vocab_size
+  for row in tokens:
+    strings = np.split(row, np.flatnonzero(row == sep) + 1)
+    complete, last = strings[:-1], strings[-1]
+    lengths = [len(s) - 1 for s in complete]  # without the SEP
+    assert min(lengths) >= config.task.min_len and max(lengths) <= config.task.max_len
+    assert len(last) <= config.task.max_len  # the cut string: a prefix of at most max_len symbols
+  # Every token, the cut string included, stays inside the row's language.
+  rng = np.random.default_rng(7)
+  trans = task.train_dfas[0]
+  toks = np.array(dfa.sample_packed_prompt(rng, trans, 57, 1, 10))
+  assert len(toks) == 57
+  valid = dfa.valid_next(trans, toks[:-1])
+  nxt = toks[1:]
+  assert all(valid[t, a] for t, a in enumerate(nxt) if a < sep)
+  with pytest.raises(ValueError, match="num_tokens"):
+    dfa.sample_packed_prompt(rng, trans, 0, 1, 10)
+
+
+def test_packed_prompt_longer_than_the_model_is_rejected():
+  config = cfg_mod.get_config("smoke")
+  config.task.update(num_train_dfas=2, prompt_tokens=200)
+  with pytest.raises(ValueError, match="task.prompt_tokens"):
+    study.DFATask(config, "dense")
+
+
+def test_log_loss_and_smoothed_ngram_by_hand():
+  p = np.array([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]])
+  assert study.log_loss(p, [0, 2], np.array([True, True])) == pytest.approx(
+      -(np.log(0.5) + np.log(0.8)) / 2)
+  assert study.log_loss(p, [0, 2], np.array([False, True])) == pytest.approx(-np.log(0.8))
+  # vocab 2 (+ SEP = 2, PAD = 3): after [0, 1, 0] the bigram context 0 was followed by 1 once.
+  probs = study.smoothed_ngram_probs([0, 1, 0], order=2, vocab=2, alpha=0.5)
+  np.testing.assert_allclose(probs[2], [0.5 / 2.5, 1.5 / 2.5, 0.5 / 2.5])
+  # At t = 0 no bigram context exists yet: the unigram of [0].
+  np.testing.assert_allclose(probs[0], [1.5 / 2.5, 0.5 / 2.5, 0.5 / 2.5])
+
+
+def test_tiny_run_writes_results_and_figure(tmp_path):
+  config = cfg_mod.get_config("smoke")
+  config.task.update(num_train_dfas=10, prompt_tokens=48)
+  config.model.update(d_model=16, max_len=48)
+  config.train.update(steps=6, log_every=2, checkpoint_every=0)
+  config.optimizer.warmup_steps = 2
+  config.eval.num_prompts = 6
+  results = study.run(config, str(tmp_path))
+  assert set(results["methods"]) == {"dense", "linear"}
+  for m in ("dense", "linear"):
+    assert [r[0] for r in results["train"][m]["loss_curve"]] == [2, 4, 6]
+    # An untrained model is near uniform over the 22 tokens: log-loss near log 21 (symbols + SEP).
+    assert abs(results["log_loss"][m] - np.log(21)) < 0.5
+  # The true distribution is the floor; the in-context bigram sits between it and uniform.
+  assert results["log_loss"]["true"] < results["log_loss"]["ngram2"] < np.log(21)
+  with open(tmp_path / "results.json") as f:
+    assert json.load(f)["scored_positions"] == results["scored_positions"]
+  figure = figure_scripts.load("fig_dfa_languages")
+  assert os.path.getsize(figure.plot(results, str(tmp_path / "dfa.png"))) > 10_000
