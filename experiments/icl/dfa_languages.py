@@ -114,8 +114,10 @@ def l1_distance(p_TV, q_TV, mask_T) -> float:
 
 
 def log_loss(p_TV, next_T, mask_T) -> float:
-  """Mean over the scored positions of -log p(next token)."""
-  q = np.asarray(p_TV)[np.arange(len(next_T)), np.asarray(next_T)]
+  """Mean over the scored positions of -log p(next token); unscored positions may hold tokens
+  outside p's columns (PAD)."""
+  p_TV = np.asarray(p_TV)
+  q = p_TV[np.arange(len(next_T)), np.minimum(np.asarray(next_T), p_TV.shape[1] - 1)]
   return float(-np.log(np.maximum(q[mask_T], 1e-30)).mean()) if mask_T.any() else 0.0
 
 
@@ -198,9 +200,11 @@ def run(config, workdir: str) -> dict:
     method_dir = os.path.join(workdir, method)
     result = train(config, method_dir, DFATask(config, method))
     models[method] = result.model
+    curve = loss_curve(method_dir)  # a run resumed at its last step has no new metrics
     train_info[method] = {"train_steps": result.final_step,
-                          "final_train_loss": result.last_metrics.get("loss"),
-                          "loss_curve": loss_curve(method_dir)}
+                          "final_train_loss": result.last_metrics.get(
+                              "loss", curve[-1][1] if curve else None),
+                          "loss_curve": curve}
   results = {"experiment": "icl.dfa_languages", "methods": list(config.methods),
              "train": train_info, **evaluate(models, config)}
   write_results(workdir, results)

@@ -28,14 +28,15 @@ def _curves(ax, results: dict, methods):
     curve = results["train"][m]["loss_curve"]
     ax.plot([r[0] for r in curve], [r[1] for r in curve], color=f"C{3 + i}", label=m, lw=1)
   refs = results.get("log_loss", {})
+  labels = {"ngram1": "in-context unigram", "ngram2": "in-context bigram",
+            "true": "true distribution"}
   for name, style in (("ngram1", ":"), ("ngram2", "--"), ("true", "-")):
     if name in refs:
       ax.axhline(refs[name], color="k", ls=style, lw=0.8,
-                 label=f"{name} ({refs[name]:.2f})" if name != "true" else
-                 f"true distribution ({refs[name]:.2f})")
+                 label=f"{labels[name]} ({refs[name]:.2f}, test)")
   ax.set_xlabel("training step")
   ax.set_ylabel("next-token log-loss (nats)")
-  ax.legend(fontsize=7)
+  ax.legend(fontsize=7, loc="lower left")
 
 
 def plot(results: dict, out_path: str) -> str:
@@ -58,7 +59,7 @@ def plot(results: dict, out_path: str) -> str:
   if "l1_to_true" in results:
     l1 = results["l1_to_true"]
     _bars(axes[0, 1], l1, methods + [n for n in l1 if n not in methods], methods,
-          "L1 distance to the true next-symbol distribution")
+          "L1 to the true next-symbol distribution")
     axes[0, 1].set_ylim(0, 2.0)
   fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
