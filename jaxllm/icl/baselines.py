@@ -7,7 +7,9 @@ y_i from the first i pairs (entry 0 sees no example and predicts 0).
 import numpy as np
 
 
-def _by_prefix(xs, ys, fit):
+def by_prefix(xs, ys, fit):
+  """Predictions [B, k] of ``fit(x [B, i, d], y [B, i]) -> w [B, d]`` fitted on each prefix of
+  i < k pairs and applied to x_i (entry 0 stays 0)."""
   b, k, _ = xs.shape
   preds = np.zeros((b, k), np.float64)
   for i in range(1, k):
@@ -18,7 +20,7 @@ def _by_prefix(xs, ys, fit):
 
 def least_squares(xs, ys):
   """Minimum-norm least squares (the pseudo-inverse solution; interpolates while i < d)."""
-  return _by_prefix(xs, ys, lambda x, y: np.einsum("bdi,bi->bd", np.linalg.pinv(x), y))
+  return by_prefix(xs, ys, lambda x, y: np.einsum("bdi,bi->bd", np.linalg.pinv(x), y))
 
 
 def ridge(xs, ys, lam: float):
@@ -31,12 +33,12 @@ def ridge(xs, ys, lam: float):
     gram = np.einsum("bid,bie->bde", x, x) + lam * np.eye(d)
     return np.linalg.solve(gram, np.einsum("bid,bi->bd", x, y)[..., None])[..., 0]
 
-  return _by_prefix(xs, ys, fit)
+  return by_prefix(xs, ys, fit)
 
 
 def averaging(xs, ys):
   """w = mean_i y_i x_i (one step of gradient descent from zero, up to scale)."""
-  return _by_prefix(xs, ys, lambda x, y: np.einsum("bid,bi->bd", x, y) / x.shape[1])
+  return by_prefix(xs, ys, lambda x, y: np.einsum("bid,bi->bd", x, y) / x.shape[1])
 
 
 def nearest_neighbours(xs, ys, n_neighbours: int = 3):

@@ -71,7 +71,7 @@ def nuclear_norm_weights(x_BND, y_BN, lam: float, *, max_iters: int = 3000, tol:
 def nuclear_norm(xs, ys, lam: float, **solver_kw):
   """Predictions [B, k]: entry i is x_i . w_hat from the first i pairs (entry 0 predicts 0), with
   w_hat from ``nuclear_norm_weights`` (keyword arguments go to it)."""
-  return baselines._by_prefix(xs, ys, lambda x, y: nuclear_norm_weights(x, y, lam, **solver_kw))
+  return baselines.by_prefix(xs, ys, lambda x, y: nuclear_norm_weights(x, y, lam, **solver_kw))
 
 
 def default_lambda(noise_std: float) -> float:
