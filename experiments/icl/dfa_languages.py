@@ -34,7 +34,7 @@ class DFATask:
     self.model_cfg = dict(config.model.to_dict(), io="tokens", vocab_size=self.vocab + 2,
                           attention=method)
     if self.seq_len > self.model_cfg.get("max_len", 0):
-      longest = ("task.prompt_tokens" if int(c.get("prompt_tokens", 0) or 0)
+      longest = ("task.prompt_tokens" if packed_tokens(c)
                  else "task.max_strings * (task.max_len + 1)")
       raise ValueError(f"model.max_len={self.model_cfg.get('max_len')} is shorter than the longest "
                        f"prompt ({longest} = {self.seq_len})")
@@ -63,21 +63,27 @@ def make_dfas(c, seed, n):
                          int(c.min_edges), int(c.max_edges)) for _ in range(n)]
 
 
-def prompt_length(c) -> int:
-  """Tokens per prompt row: ``task.prompt_tokens`` when prompts are packed, else the longest
-  prompt of ``task.max_strings`` strings."""
+def packed_tokens(c) -> int:
+  """``task.prompt_tokens``: > 0 packs strings into prompts of exactly that many tokens; 0 keeps
+  min_strings..max_strings whole strings per prompt, padded."""
   packed = int(c.get("prompt_tokens", 0) or 0)
   if packed < 0:
     raise ValueError(f"task.prompt_tokens must be >= 0 (0: min_strings..max_strings strings per "
                      f"prompt, padded), got {packed}")
-  return packed or int(c.max_strings) * (int(c.max_len) + 1)
+  return packed
+
+
+def prompt_length(c) -> int:
+  """Tokens per prompt row: ``task.prompt_tokens`` when prompts are packed, else the longest
+  prompt of ``task.max_strings`` strings."""
+  return packed_tokens(c) or int(c.max_strings) * (int(c.max_len) + 1)
 
 
 def prompts(rng, c, dfas, seq_len) -> np.ndarray:
   """Token prompts [B, seq_len], one per DFA: ``task.min_strings..max_strings`` strings padded
   with PAD, or, when ``task.prompt_tokens`` is set, strings filling exactly ``seq_len`` tokens."""
   out = np.full((len(dfas), seq_len), int(c.vocab_size) + 1, np.int32)
-  packed = int(c.get("prompt_tokens", 0) or 0)
+  packed = packed_tokens(c)
   for b, trans in enumerate(dfas):
     if packed:
       toks = dfa.sample_packed_prompt(rng, trans, seq_len, int(c.min_len), int(c.max_len))

@@ -197,3 +197,10 @@ def test_softmax_attention_forms_ngram_heads_and_linear_attention_does_not(tmp_p
 
   assert mean_loss("dense", 5000, 6000) < mean_loss("dense", 2000, 3000) - 0.3
   assert mean_loss("linear", 5000, 6000) > mean_loss("linear", 2000, 3000) - 0.2
+
+
+def test_negative_prompt_tokens_is_rejected():
+  config = cfg_mod.get_config("smoke")
+  config.task.update(num_train_dfas=2, prompt_tokens=-1)
+  with pytest.raises(ValueError, match="task.prompt_tokens must be >= 0"):
+    study.DFATask(config, "dense")
