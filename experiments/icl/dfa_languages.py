@@ -166,13 +166,12 @@ def evaluate(models: dict, config) -> dict:
     # Greedy prediction over the symbols only: SEP is always allowed (every state accepts).
     out[name] = mean([validity(p[:, :vocab].argmax(-1), v, m)
                       for p, v, m in zip(probs, valid, masks)])
-    l1_true[name] = mean([l1_distance(symbol_probs(p, vocab), q, m)
-                          for p, q, m in zip(probs, truth, masks)])
-    l1_ngram[name] = {f"ngram{o}": mean([l1_distance(symbol_probs(p, vocab), g, m)
-                                         for p, g, m in zip(probs, grams[o], masks)])
+    sym = [symbol_probs(p, vocab) for p in probs]  # once per prompt, shared by the metrics
+    l1_true[name] = mean([l1_distance(p, q, m) for p, q, m in zip(sym, truth, masks)])
+    l1_ngram[name] = {f"ngram{o}": mean([l1_distance(p, g, m)
+                                         for p, g, m in zip(sym, grams[o], masks)])
                       for o in orders}
-    nll[name] = mean([log_loss(symbol_probs(p, vocab), toks[1:], m)
-                      for p, toks, m in zip(probs, tokens, masks)])
+    nll[name] = mean([log_loss(p, toks[1:], m) for p, toks, m in zip(sym, tokens, masks)])
   for o in orders:
     out[f"ngram{o}"] = mean([validity(ngram.predict(toks[:-1], o, vocab + 2,
                                                     allowed=range(vocab)), v, m)
