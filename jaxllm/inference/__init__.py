@@ -1,1 +1,5 @@
-"""KV cache, prefill/decode loop and cache eviction policies."""
+"""KV-cache decoding (prefill, decode steps, generation) and cache eviction policies.
+
+``decode.generate`` serves softmax-attention decoders; ``policies`` holds the full, StreamingLLM and
+H2O caches.
+"""

@@ -1,0 +1,133 @@
+"""Token generation: KV-cache decoding (full, StreamingLLM, H2O caches) vs re-running the forward.
+
+  pip install -e .   # once, so the script can import jaxllm
+  python scripts/benchmarks/bench_decode.py [--prompt 512] [--new 64] [--budget 128]
+      [--layers 4] [--width 256] [--out runs/bench_decode.json]
+
+One random-weight Llama-style decoder (GQA, 4 query heads per kv head), greedy decoding of
+``--new`` tokens after a ``--prompt``-token prompt, batch ``--batch``. Rows:
+  * ``recompute``: no cache; every new token re-runs the whole (padded, fixed-shape) sequence.
+  * ``cache_full``: ``jaxllm.inference.generate`` with the whole sequence cached.
+  * ``cache_streaming`` / ``cache_h2o``: the cache cut to ``--budget`` tokens per kv head.
+Reported: prefill seconds, decode tokens/s (after the first token, compile excluded), the KV-cache
+bytes held during decoding, and how many generated tokens agree with the full-cache run (random
+weights: agreement shows how far eviction moves the distribution, not task accuracy).
+"""
+
+import argparse
+import json
+import os
+import platform
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxllm.inference import decode
+from jaxllm.inference.policies import Policy
+from jaxllm.models.transformer import build
+from jaxllm.results import write_json
+
+
+def _model(args):
+  return build(dict(style="llama", vocab_size=args.vocab, d_model=args.width,
+                    num_layers=args.layers, num_heads=args.heads,
+                    num_kv_heads=args.heads // 4 or 1, max_len=args.prompt + args.new,
+                    dtype=args.dtype), rngs=nnx.Rngs(0))
+
+
+def _cached(model, prompt, args, policy):
+  graphdef, state = nnx.split(model)
+  first = jax.jit(lambda s, p: decode.prefill(nnx.merge(graphdef, s), p, policy, args.new))
+  step = jax.jit(lambda s, c, t: decode.decode_step(nnx.merge(graphdef, s), c, t, policy)[:2])
+  logits, cache = jax.block_until_ready(first(state, prompt))  # compile
+  tok = jnp.argmax(logits, -1).astype(jnp.int32)
+  jax.block_until_ready(step(state, cache, tok))  # compile
+  t0 = time.perf_counter()
+  logits, cache = jax.block_until_ready(first(state, prompt))
+  prefill_s = time.perf_counter() - t0
+  tokens = [jnp.argmax(logits, -1).astype(jnp.int32)]
+  t0 = time.perf_counter()
+  for _ in range(args.new - 1):
+    logits, cache = step(state, cache, tokens[-1])
+    tokens.append(jnp.argmax(logits, -1).astype(jnp.int32))
+  jax.block_until_ready(tokens[-1])
+  decode_s = time.perf_counter() - t0
+  cache_bytes = sum(lc.k.nbytes + lc.v.nbytes for lc in cache.layers)
+  return jnp.stack(tokens, 1), prefill_s, decode_s, cache_bytes
+
+
+def _recompute(model, prompt, args):
+  """No cache: the sequence padded to its final length, re-run for every new token."""
+  b, t = prompt.shape
+  total = t + args.new
+  fwd = nnx.jit(lambda m, seq, i: jnp.argmax(
+      jax.lax.dynamic_index_in_dim(m(seq), i, axis=1, keepdims=False), -1).astype(jnp.int32))
+  seq = jnp.zeros((b, total), jnp.int32).at[:, :t].set(prompt)
+  jax.block_until_ready(fwd(model, seq, t - 1))  # compile
+  t0 = time.perf_counter()
+  tok = fwd(model, seq, t - 1)
+  jax.block_until_ready(tok)
+  prefill_s = time.perf_counter() - t0
+  tokens = [tok]
+  t0 = time.perf_counter()
+  for i in range(1, args.new):
+    seq = seq.at[:, t + i - 1].set(tokens[-1])
+    tokens.append(fwd(model, seq, t + i - 1))
+  jax.block_until_ready(tokens[-1])
+  return jnp.stack(tokens, 1), prefill_s, time.perf_counter() - t0, 0
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument("--prompt", type=int, default=512)
+  p.add_argument("--new", type=int, default=64)
+  p.add_argument("--budget", type=int, default=128)
+  p.add_argument("--batch", type=int, default=4)
+  p.add_argument("--layers", type=int, default=4)
+  p.add_argument("--width", type=int, default=256)
+  p.add_argument("--heads", type=int, default=8)
+  p.add_argument("--vocab", type=int, default=4096)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--out", default="runs/bench_decode.json")
+  args = p.parse_args()
+  if args.new < 2:
+    p.error("--new must be at least 2 (decode speed is timed after the first token)")
+  model = _model(args)
+  prompt = jnp.asarray(np.random.default_rng(0).integers(0, args.vocab, (args.batch, args.prompt)),
+                       jnp.int32)
+  runs = {"recompute": lambda: _recompute(model, prompt, args),
+          "cache_full": lambda: _cached(model, prompt, args, Policy("full")),
+          "cache_streaming": lambda: _cached(model, prompt, args,
+                                             Policy("streaming", budget=args.budget, sinks=4)),
+          "cache_h2o": lambda: _cached(model, prompt, args, Policy("h2o", budget=args.budget))}
+  rows, reference = [], None
+  for name, fn in runs.items():
+    tokens, prefill_s, decode_s, cache_bytes = fn()
+    if name == "cache_full":
+      reference = tokens
+    rows.append(dict(name=name, prefill_s=prefill_s,
+                     decode_tokens_per_s=args.batch * (args.new - 1) / decode_s,
+                     cache_mib=cache_bytes / 2**20, tokens=np.asarray(tokens)))
+  base = next(r for r in rows if r["name"] == "recompute")["decode_tokens_per_s"]
+  print(f"backend {jax.default_backend()} ({jax.devices()[0].device_kind}); prompt {args.prompt}, "
+        f"new {args.new}, batch {args.batch}, budget {args.budget}, {args.layers} layers x "
+        f"{args.width}, {args.dtype}")
+  print(f"{'method':<16} {'prefill s':>10} {'decode tok/s':>13} {'vs recompute':>13} "
+        f"{'cache MiB':>10} {'agree w/ full':>14}")
+  for r in rows:
+    r["speedup_vs_recompute"] = r["decode_tokens_per_s"] / base
+    r["agreement_with_full"] = float(np.mean(r.pop("tokens") == np.asarray(reference)))
+    print(f"{r['name']:<16} {r['prefill_s']:>10.3f} {r['decode_tokens_per_s']:>13.1f} "
+          f"{r['speedup_vs_recompute']:>12.2f}x {r['cache_mib']:>10.2f} "
+          f"{r['agreement_with_full']:>14.3f}")
+  out = {"backend": jax.default_backend(), "device": jax.devices()[0].device_kind,
+         "machine": platform.machine(), "args": vars(args), "rows": rows}
+  write_json(args.out, out)
+  print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+  main()
