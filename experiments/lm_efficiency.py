@@ -11,7 +11,10 @@ stream and optimizer:
 
 Reported per (task, variant): final train loss, held-out loss, recall accuracy, training tokens/s
 (whole run, compile included) and forward tokens/s (compiled, timed after training), plus the
-training loss curve. ``scripts/figures/fig_lm_efficiency.py`` draws them.
+training loss curve. For the softmax model on ``recall``, ``cache_recall`` also reads the probe
+through a KV cache under each policy of ``eval.cache_policies`` (StreamingLLM, H2O; see
+``jaxllm.inference``): the recall accuracy a bounded cache keeps.
+``scripts/figures/fig_lm_efficiency.py`` draws them.
 """
 
 import glob
@@ -25,6 +28,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxllm.inference import decode
+from jaxllm.inference.policies import Policy
 from jaxllm.models.transformer import build, count_params
 from jaxllm.results import write_results
 from jaxllm.train.loop import train
@@ -156,6 +161,32 @@ def evaluate(model, task, num_sequences: int, timing_repeats: int) -> dict:
           "forward_tokens_per_s": tokens.size / seconds}
 
 
+def cache_recall(model, task, policies_cfg, num_sequences: int) -> dict:
+  """Recall accuracy when the probe is read through a KV cache under each eviction policy.
+
+  The key-value pairs are the prompt (prefilled); the probe is fed one token at a time with the
+  given tokens, so each answer is predicted from whatever the policy kept. ``full`` keeps every
+  token and reproduces the model's own recall accuracy.
+  """
+  if not isinstance(task, RecallTask):
+    raise ValueError("cache_recall needs the recall task")
+  batches = task.eval_batches(num_sequences)
+  out = {}
+  for spec in ({"name": "full"}, *policies_cfg):
+    spec = dict(spec)
+    policy = Policy(**spec)
+    correct = total = 0
+    for b in batches:
+      tokens = jnp.asarray(b["tokens"])
+      prompt, probe = tokens[:, :2 * task.pairs], tokens[:, 2 * task.pairs:]
+      logits = decode.teacher_forced(model, prompt, probe, policy)
+      hits = np.asarray(jnp.argmax(logits[:, 1::2], -1) == probe[:, 1::2])
+      correct, total = correct + int(hits.sum()), total + hits.size
+    label = spec["name"] if spec["name"] == "full" else f"{spec['name']}@{spec['budget']}"
+    out[label] = {**spec, "accuracy": correct / total}
+  return out
+
+
 def run(config, workdir: str) -> dict:
   unknown = sorted(set(config.tasks) - set(TASKS))
   if unknown:
@@ -181,5 +212,9 @@ def run(config, workdir: str) -> dict:
           **evaluate(result.model, task, int(config.eval.num_sequences),
                      int(config.eval.timing_repeats)),
       }
+      cache_policies = tuple(config.eval.get("cache_policies", ()) or ())
+      if task_name == "recall" and model_cfg.get("attention") == "dense" and cache_policies:
+        results["runs"][task_name][variant]["cache_recall"] = cache_recall(
+            result.model, task, cache_policies, int(config.eval.num_sequences))
   write_results(workdir, results)
   return results

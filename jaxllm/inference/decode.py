@@ -19,6 +19,7 @@ decoders (e.g. the recurrent form of linear attention) and are refused here by n
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -278,16 +279,6 @@ def generate(model, prompt_BT, max_new_tokens: int, policy: Policy | None = None
   if int(jnp.min(prompt_BT)) < 0 or int(jnp.max(prompt_BT)) >= vocab:
     raise ValueError(f"prompt token ids must lie in [0, vocab_size={vocab})")
 
-  graphdef, state = nnx.split(model)
-
-  @jax.jit
-  def first(state, prompt):
-    return prefill(nnx.merge(graphdef, state), prompt, policy, max_new_tokens)
-
-  @jax.jit
-  def step(state, cache, tokens):
-    return decode_step(nnx.merge(graphdef, state), cache, tokens, policy)
-
   def choose(logits, key):
     if temperature == 0:
       return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -295,12 +286,12 @@ def generate(model, prompt_BT, max_new_tokens: int, policy: Policy | None = None
 
   keys = (jax.random.split(rng, max_new_tokens) if temperature > 0
           else [None] * max_new_tokens)
-  logits, cache = first(state, prompt_BT)
+  logits, cache = _first(model, policy, max_new_tokens, prompt_BT)
   out_tokens, out_logits, trace = [], [logits], []
   tok = choose(logits, keys[0])
   out_tokens.append(tok)
   for i in range(1, max_new_tokens):
-    logits, cache, attended = step(state, cache, tok)
+    logits, cache, attended = _step(model, policy, cache, tok)
     if return_trace:
       trace.append(attended)
     tok = choose(logits, keys[i])
@@ -332,21 +323,30 @@ def teacher_forced(model, prompt_BT, continuation_BN, policy: Policy | None = No
   if model.cfg.positions == "learned" and total - 1 > model.cfg.max_len:
     raise ValueError(f"prompt plus continuation needs {total - 1} positions, more than the "
                      f"model's learned max_len={model.cfg.max_len}")
-  graphdef, state = nnx.split(model)
+  return _forced(model, policy, prompt_BT, continuation_BN)
 
-  @jax.jit
-  def run(state, prompt, cont):
-    m = nnx.merge(graphdef, state)
-    logits, cache = prefill(m, prompt, policy, n)
 
-    def body(cache, tok):
-      logits, cache, _ = decode_step(m, cache, tok, policy)
-      return cache, logits
+# Compiled once per (model structure, policy, shapes); the policy is a static argument.
+@functools.partial(nnx.jit, static_argnums=(1,))
+def _forced(model, policy, prompt, cont):
+  logits, cache = prefill(model, prompt, policy, cont.shape[1])
 
-    _, rest = jax.lax.scan(body, cache, cont[:, :-1].T)
-    return jnp.concatenate([logits[:, None], jnp.moveaxis(rest, 0, 1)], axis=1)
+  def body(cache, tok):
+    logits, cache, _ = decode_step(model, cache, tok, policy)
+    return cache, logits
 
-  return run(state, prompt_BT, continuation_BN)
+  _, rest = jax.lax.scan(body, cache, cont[:, :-1].T)
+  return jnp.concatenate([logits[:, None], jnp.moveaxis(rest, 0, 1)], axis=1)
+
+
+@functools.partial(nnx.jit, static_argnums=(1, 2))
+def _first(model, policy, max_new_tokens, prompt):
+  return prefill(model, prompt, policy, max_new_tokens)
+
+
+@functools.partial(nnx.jit, static_argnums=(1,))
+def _step(model, policy, cache, tokens):
+  return decode_step(model, cache, tokens, policy)
 
 
 def trace_mask(cfg, prompt_len: int, attended, batch: int):
