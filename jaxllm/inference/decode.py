@@ -228,11 +228,11 @@ def decode_step(model, cache: KVCache, tokens_B, policy: Policy):
       hit_s = jnp.moveaxis(hit, 1, 2)[..., None]  # [B, S, Hkv, 1]
       kc = jnp.where(hit_s, k, lc.k)
       vc = jnp.where(hit_s, v, lc.v)
-      visible = _model_visible(cfg, now, pos)[:, :, None, :]  # [B, Hkv, 1, S]
-      o, p = _attend(cfg, q, kc, vc, visible)
-      return o, (kc, vc, pos, score + p.sum(axis=(2, 3)))
-    x, (kc, vc, pos, score) = _block(block, x, attend)
-    attended.append(jnp.where(_model_visible(cfg, now, pos), pos, -1))
+      visible = _model_visible(cfg, now, pos)  # [B, Hkv, S]
+      o, p = _attend(cfg, q, kc, vc, visible[:, :, None, :])
+      return o, (kc, vc, pos, score + p.sum(axis=(2, 3)), visible)
+    x, (kc, vc, pos, score, visible) = _block(block, x, attend)
+    attended.append(jnp.where(visible, pos, -1))
     pos, score = policies.cut(policy, pos, score, now)
     new_layers.append(LayerCache(kc, vc, pos, score))
   logits = _logits(model, x)[:, 0]
