@@ -45,7 +45,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                                            checkpoint_every=1000))
   c.eval = ml_collections.ConfigDict(dict(num_sequences=512, timing_repeats=5))
   # Softmax recall read through a bounded KV cache (jaxllm.inference): half the pairs' tokens.
-  c.eval.cache_policies = (dict(name="streaming", budget=32, sinks=4), dict(name="h2o", budget=32))
+  c.eval.cache_policies = (dict(name="streaming", budget=32, sinks=4), dict(name="h2o", budget=32),
+                           dict(name="tokenselect", budget=32, sinks=4, recent=8))
 
   if arg in ("smoke", "tiny"):
     c.recall.update(num_pairs=8, num_queries=8, num_keys=16, num_values=16)
@@ -56,7 +57,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.update(steps=500, batch_size=32, log_every=20, checkpoint_every=500)
     c.optimizer.update(learning_rate=3e-3, warmup_steps=40)
     c.eval.num_sequences = 256
-    c.eval.cache_policies = (dict(name="streaming", budget=8, sinks=2), dict(name="h2o", budget=8))
+    c.eval.cache_policies = (dict(name="streaming", budget=8, sinks=2), dict(name="h2o", budget=8),
+                             dict(name="tokenselect", budget=8, sinks=2, recent=2))
   if arg == "tiny":  # seconds: wiring checks only
     c.text.max_bytes = 100_000
     c.model.update(d_model=32, num_layers=1, num_heads=2)

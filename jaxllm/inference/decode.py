@@ -229,6 +229,10 @@ def decode_step(model, cache: KVCache, tokens_B, policy: Policy):
       kc = jnp.where(hit_s, k, lc.k)
       vc = jnp.where(hit_s, v, lc.v)
       visible = _model_visible(cfg, now, pos)  # [B, Hkv, S]
+      if policy.name == "tokenselect":  # no eviction: every kv head holds the same positions
+        _, p = _attend(cfg, q, kc, vc, visible[:, :, None, :])
+        vote = p.sum(axis=(1, 2, 3))[:, None, :]  # softmax weights summed over all query heads
+        visible = policies.select_mask(policy, pos, visible, vote, now)
       o, p = _attend(cfg, q, kc, vc, visible[:, :, None, :])
       return o, (kc, vc, pos, score + p.sum(axis=(2, 3)), visible)
     x, (kc, vc, pos, score, visible) = _block(block, x, attend)

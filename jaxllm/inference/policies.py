@@ -1,8 +1,9 @@
-"""KV-cache eviction policies: which cached tokens a decoder keeps once its budget is full.
+"""KV-cache policies: which cached tokens a decoder keeps, or attends to, under a token budget.
 
-A policy sees, per kv head, the original position of every cache slot (-1 for an empty slot) and
-the attention each slot has accumulated, and names the slots to drop so that at most ``budget``
-tokens remain. Policies:
+An eviction policy sees, per kv head, the original position of every cache slot (-1 for an empty
+slot) and the attention each slot has accumulated, and names the slots to drop so that at most
+``budget`` tokens remain. A selection policy (``tokenselect``) keeps the cache whole and picks the
+tokens each step attends to. Policies:
 
 * ``full``: never evicts; the cache must hold the whole sequence.
 * ``streaming`` (StreamingLLM, "attention sinks"): keeps the first ``sinks`` tokens and the most
@@ -12,6 +13,11 @@ tokens remain. Policies:
   them, of their softmax weight); the lowest-scoring non-recent token goes first. The budget is
   split equally between heavy hitters and recent tokens unless ``recent`` is given (as in the
   paper's runs, whose heavy-hitter share is 20% of the full cache).
+* ``tokenselect`` (TokenSelect): evicts nothing; at every decode step each layer attends to at
+  most ``budget`` tokens: the first ``sinks``, the latest ``recent`` and, among the rest, the ones
+  with the largest soft vote (each query head's softmax of q.k over the cache, summed over the
+  layer's heads). The paper's selection cache (reusing the last selection when consecutive queries
+  are similar) is not implemented: every step selects afresh.
 
 Token positions are kept with the cached keys (rotary positions are applied before caching), so an
 evicted cache still scores each key at its original position.
@@ -24,7 +30,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-POLICIES = ("full", "streaming", "h2o")
+POLICIES = ("full", "streaming", "h2o", "tokenselect")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +38,8 @@ class Policy:
   """An eviction policy and its budget (the most tokens kept per kv head after each step)."""
   name: str = "full"
   budget: int | None = None  # None: unbounded (only for "full")
-  sinks: int = 4  # streaming: tokens kept from the start of the sequence
-  recent: int | None = None  # h2o: latest tokens always kept; None -> budget // 2
+  sinks: int = 4  # streaming, tokenselect: tokens kept from the start of the sequence
+  recent: int | None = None  # h2o, tokenselect: latest tokens always kept; None -> budget // 2
 
   def __post_init__(self):
     if self.name not in POLICIES:
@@ -47,6 +53,10 @@ class Policy:
       raise ValueError(f"streaming policy: sinks must be in [0, budget={b}), got {self.sinks}")
     if self.name == "h2o" and self.recent is not None and not 1 <= self.recent <= b:
       raise ValueError(f"h2o policy: recent must be in [1, budget={b}], got {self.recent}")
+    if self.name == "tokenselect" and not (
+        self.sinks >= 0 and self.num_recent >= 1 and self.sinks + self.num_recent <= b):
+      raise ValueError(f"tokenselect policy: need sinks >= 0, recent >= 1 and sinks + recent <= "
+                       f"budget={b}; got sinks={self.sinks}, recent={self.num_recent}")
 
   @property
   def num_recent(self) -> int:
@@ -55,6 +65,8 @@ class Policy:
   def slots(self, total_len: int) -> int:
     """Cache slots to allocate for a sequence of ``total_len`` tokens: the budget plus one slot
     that holds the newest token while the step's query attends (it is evicted right after)."""
+    if self.name == "tokenselect":  # selects per step, keeps the whole cache
+      return total_len
     if self.name == "full":
       if self.budget is not None and self.budget < total_len:
         raise ValueError(f"full policy: budget={self.budget} cannot hold the {total_len} tokens of "
@@ -76,7 +88,7 @@ def keep_mask(policy: Policy, pos, score, now):
     bool [..., S]: True for slots whose token stays (empty slots are False).
   """
   occupied = pos >= 0
-  if policy.name == "full":
+  if policy.name in ("full", "tokenselect"):
     return occupied
   n_drop = jnp.maximum(jnp.sum(occupied, axis=-1, keepdims=True) - policy.budget, 0)
   if policy.name == "streaming":
@@ -85,13 +97,31 @@ def keep_mask(policy: Policy, pos, score, now):
   else:
     protected = pos > now - policy.num_recent
     priority = score.astype(jnp.float32)  # evict the lowest accumulated attention first
-  candidate = occupied & ~protected
+  return occupied & ~_lowest_ranks(occupied & ~protected, priority, n_drop)
+
+
+def _lowest_ranks(candidate, priority, n):
+  """True for the ``n`` candidates (per row) of lowest priority (ties: lower slot index first)."""
   priority = jnp.where(candidate, priority, jnp.inf)
-  # Rank candidates by priority (ties: lower slot index first); the n_drop lowest are evicted.
-  order = jnp.argsort(priority, axis=-1, stable=True)
-  rank = jnp.argsort(order, axis=-1, stable=True)
-  evict = candidate & (rank < n_drop)
-  return occupied & ~evict
+  rank = jnp.argsort(jnp.argsort(priority, axis=-1, stable=True), axis=-1, stable=True)
+  return candidate & (rank < n)
+
+
+def select_mask(policy: Policy, pos, visible, vote, now):
+  """TokenSelect's per-step selection: which visible slots the query attends to.
+
+  Args:
+    policy: a ``tokenselect`` policy.
+    pos: int32 [..., S] original positions (-1 empty); visible: bool [..., S] the model's own mask;
+    vote: float [..., S] the soft vote of each slot; now: the newest token's position.
+
+  Returns:
+    bool [..., S]: the sinks, the ``recent`` latest tokens, and the best-voted others, at most
+    ``policy.budget`` in all.
+  """
+  protected = visible & ((pos < policy.sinks) | (pos > now - policy.num_recent))
+  room = policy.budget - jnp.sum(protected, axis=-1, keepdims=True)
+  return protected | _lowest_ranks(visible & ~protected, -vote.astype(jnp.float32), room)
 
 
 def cut(policy: Policy, pos, score, now):

@@ -1,4 +1,4 @@
-"""Token generation: KV-cache decoding (full, StreamingLLM, H2O caches) vs re-running the forward.
+"""Token generation: KV-cache decoding (full, StreamingLLM, H2O, TokenSelect) vs recomputing.
 
   pip install -e .   # once, so the script can import jaxllm
   python scripts/benchmarks/bench_decode.py [--prompt 512] [--new 64] [--budget 128]
@@ -9,6 +9,8 @@ One random-weight Llama-style decoder (GQA, 4 query heads per kv head), greedy d
   * ``recompute``: no cache; every new token re-runs the whole (padded, fixed-shape) sequence.
   * ``cache_full``: ``jaxllm.inference.generate`` with the whole sequence cached.
   * ``cache_streaming`` / ``cache_h2o``: the cache cut to ``--budget`` tokens per kv head.
+  * ``cache_tokenselect``: the whole cache kept, each step attending to ``--budget`` tokens
+    (4 sinks, ``budget // 4`` recent, the rest by soft vote).
 Reported: prefill seconds, decode tokens/s (after the first token, compile excluded), the KV-cache
 bytes held during decoding, and how many generated tokens agree with the full-cache run (random
 weights: agreement shows how far eviction moves the distribution, not task accuracy).
@@ -102,7 +104,10 @@ def main():
           "cache_full": lambda: _cached(model, prompt, args, Policy("full")),
           "cache_streaming": lambda: _cached(model, prompt, args,
                                              Policy("streaming", budget=args.budget, sinks=4)),
-          "cache_h2o": lambda: _cached(model, prompt, args, Policy("h2o", budget=args.budget))}
+          "cache_h2o": lambda: _cached(model, prompt, args, Policy("h2o", budget=args.budget)),
+          "cache_tokenselect": lambda: _cached(
+              model, prompt, args, Policy("tokenselect", budget=args.budget, sinks=4,
+                                          recent=args.budget // 4))}
   rows, reference = [], None
   for name, fn in runs.items():
     tokens, prefill_s, decode_s, cache_bytes = fn()

@@ -212,3 +212,40 @@ def test_teacher_forced_scoring_matches_the_forward_and_the_generation_path():
                              gen["logits"], atol=2e-5, rtol=2e-5)
   with pytest.raises(ValueError, match="same B"):
     decode.teacher_forced(model, prompt, cont[:1])
+
+
+def test_tokenselect_attends_to_sinks_recent_and_the_best_soft_vote():
+  """Each step's attended set is the sinks, the recent tokens and the top soft-vote tokens, with
+  the vote recomputed here from the layer's queries and keys; logits match the masked reference."""
+  # A large logit scale makes the untrained model's attention peaked, so the vote has no near-ties.
+  model = _model("llama", num_kv_heads=2, num_layers=1, attention_options={"scale": 8.0})
+  policy = Policy("tokenselect", budget=6, sinks=1, recent=2)
+  prompt = _prompt(1, 8, seed=6)
+  n = 5
+  out = decode.generate(model, prompt, n, policy, return_trace=True)
+  seq = _full_sequence(prompt, out["tokens"])
+  mask = decode.trace_mask(model.cfg, 8, out["attended"], 1)
+  ref = decode.forward_with_mask(model, seq, mask)[:, 7:]
+  np.testing.assert_allclose(out["logits"], ref, atol=2e-5, rtol=2e-5)
+  block = model.blocks[0]
+  t = seq.shape[1]
+  q, k, _ = decode._qkv(block.attn, block.attn_norm(model.tok_embed(seq)), jnp.arange(t))
+  logits = jnp.einsum("bthd,bshd->bhts", q, jnp.repeat(k, 2, axis=2)) * 8.0
+  logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, -jnp.inf)
+  vote = np.asarray(jax.nn.softmax(logits, -1).sum(axis=1))[0]  # [T, T], summed over 4 heads
+  for j, (pos,) in enumerate(out["attended"]):
+    now = 8 + j
+    fixed = {0, now - 1, now}
+    rest = sorted((p for p in range(now + 1) if p not in fixed), key=lambda p: -vote[now, p])
+    assert vote[now, rest[2]] - vote[now, rest[3]] > 1e-3  # the cut is not a near-tie
+    expect = sorted(fixed | set(rest[:6 - len(fixed)]))
+    for h in range(2):  # one selection shared by both kv heads
+      assert sorted(np.asarray(pos)[0, h][np.asarray(pos)[0, h] >= 0].tolist()) == expect
+  assert any(len(set(range(8 + j + 1)) - set(np.asarray(pos).ravel())) for j, (pos,) in
+             enumerate(out["attended"]))  # tokens really were left out
+  full = decode.generate(model, prompt, n)
+  np.testing.assert_allclose(  # a budget covering everything changes nothing
+      decode.generate(model, prompt, n, Policy("tokenselect", budget=13, sinks=1, recent=2))[
+          "logits"], full["logits"], atol=1e-6)
+  with pytest.raises(ValueError, match="sinks \\+ recent <= budget=4"):
+    Policy("tokenselect", budget=4, sinks=3, recent=2)
