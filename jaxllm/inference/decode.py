@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxllm.attention import masks
 from jaxllm.inference import policies
 from jaxllm.inference.policies import Policy
 from jaxllm.models import layers
@@ -82,9 +83,9 @@ def _qkv(attn, x_BTD, positions_T):
   return q, k, v
 
 
-def _attend(cfg, q, k, v, visible):
-  """Softmax attention of q [B, T, H, D] over k, v [B, S, Hkv, D] where ``visible``
-  [B, Hkv, T, S] is True; float32 logits. Returns (out [B, T, H, D], probs [B, Hkv, G, T, S])."""
+def _probs(cfg, q, k, visible):
+  """Softmax weights [B, Hkv, G, T, S] of q [B, T, H, D] over k [B, S, Hkv, D] where ``visible``
+  [B, Hkv, T, S] is True (float32 logits; rows with nothing visible are 0)."""
   b, t, h, d = q.shape
   hkv = k.shape[2]
   scale, softcap, _, _ = _options(cfg)
@@ -96,13 +97,20 @@ def _attend(cfg, q, k, v, visible):
   m = jnp.max(logits, axis=-1, keepdims=True)
   p = jnp.exp(logits - jnp.where(jnp.isfinite(m), m, 0.0))
   denom = jnp.sum(p, axis=-1, keepdims=True)
-  p = p / jnp.where(denom == 0, 1.0, denom)
+  return p / jnp.where(denom == 0, 1.0, denom)
+
+
+def _attend(cfg, q, k, v, visible):
+  """Softmax attention (see :func:`_probs`). Returns (out [B, T, H, D], probs [B, Hkv, G, T, S])."""
+  b, t, h, d = q.shape
+  p = _probs(cfg, q, k, visible)
   o = jnp.einsum("bkgts,bskd->btkgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
   return o.reshape(b, t, h, d).astype(q.dtype), p
 
 
 def _model_visible(cfg, q_pos, k_pos):
-  """The model's own mask (causal, plus its window / sinks options) between positions."""
+  """The model's own mask between a query position and cached slots' positions (any shape, -1 for
+  an empty slot): ``attention.masks.visible``'s causal window / sinks rule, elementwise."""
   _, _, window, sinks = _options(cfg)
   ok = (k_pos >= 0) & (k_pos <= q_pos)
   if window is not None:
@@ -124,7 +132,7 @@ def _logits(model, x_BTD):
 
 
 def _block(block, x_BTD, attend_fn):
-  """One pre-norm block with attention computed by ``attend_fn(q, k, v) -> (out, aux)``."""
+  """One pre-norm block; ``attend_fn(normed x) -> (attention out [B, T, H, D], aux)``."""
   h = block.attn_norm(x_BTD)
   b, t, _ = h.shape
   o, aux = attend_fn(h)
@@ -157,8 +165,8 @@ def forward_with_mask(model, tokens_BT, visible):
 
 def causal_mask(cfg, t):
   """The model's own [T, T] visibility (causal plus its window / sinks options)."""
-  pos = jnp.arange(t)
-  return _model_visible(cfg, pos[:, None], pos[None, :])
+  _, _, window, sinks = _options(cfg)
+  return masks.visible(*masks.positions(t, t), causal=True, window=window, sinks=sinks)
 
 
 def _compact(keep, arrays, slots):
@@ -230,7 +238,7 @@ def decode_step(model, cache: KVCache, tokens_B, policy: Policy):
       vc = jnp.where(hit_s, v, lc.v)
       visible = _model_visible(cfg, now, pos)  # [B, Hkv, S]
       if policy.name == "tokenselect":  # no eviction: every kv head holds the same positions
-        _, p = _attend(cfg, q, kc, vc, visible[:, :, None, :])
+        p = _probs(cfg, q, kc, visible[:, :, None, :])
         vote = p.sum(axis=(1, 2, 3))[:, None, :]  # softmax weights summed over all query heads
         visible = policies.select_mask(policy, pos, visible, vote, now)
       o, p = _attend(cfg, q, kc, vc, visible[:, :, None, :])

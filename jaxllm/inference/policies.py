@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 
 POLICIES = ("full", "streaming", "h2o", "tokenselect")
@@ -133,8 +132,3 @@ def cut(policy: Policy, pos, score, now):
 def free_slot(pos):
   """Index of the first empty slot along the last axis (the caller guarantees one exists)."""
   return jnp.argmax(pos < 0, axis=-1)
-
-
-def check_free(pos) -> jax.Array:
-  """True where every row has at least one empty slot."""
-  return jnp.all(jnp.any(pos < 0, axis=-1))
