@@ -110,6 +110,7 @@ def main():
   p.add_argument("--batch", type=int, default=4)
   p.add_argument("--warmup", type=int, default=2)
   p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--no_peer", action="store_true", help="time jaxllm only")
   p.add_argument("--out", default=os.path.join("runs", "bench", "lm_train_step.json"))
   args = p.parse_args()
   if args.d_model % args.heads:
@@ -118,7 +119,10 @@ def main():
   tokens = np.random.default_rng(0).integers(0, args.vocab, (args.batch, args.seq_len + 1))
   n_tok = args.batch * args.seq_len
   jax_s, jax_params = bench_jax(args, tokens)
-  torch_s, torch_params, torch_note = bench_torch(args, tokens)
+  if args.no_peer:
+    torch_s, torch_params, torch_note = None, None, "--no_peer"
+  else:
+    torch_s, torch_params, torch_note = bench_torch(args, tokens)
 
   rows = [("jaxllm (JAX " + jax.__version__ + ")", jax_s, jax_params)]
   if torch_s is not None:
