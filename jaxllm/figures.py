@@ -12,6 +12,8 @@ def cli(plot: Callable[[dict, str], str], default_name: str, description: str | 
   parser.add_argument("--workdir", required=True, help="run directory holding results.json")
   parser.add_argument("--out", default=None, help=f"image path (default: <workdir>/{default_name})")
   args = parser.parse_args()
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")  # files only; notebooks keep their inline backend
   path = os.path.join(args.workdir, "results.json")
   if not os.path.exists(path):
     raise SystemExit(f"error: no results.json in {args.workdir}; run the experiment first")

@@ -1,12 +1,12 @@
 """In-context learning of function classes (Garg et al. 2022): sparse linear, ReLU nets, trees.
 
 Paper scale (d = 20, k up to 40, 12 layers / 8 heads / width 256, 500k steps per family):
-  python -m jaxllm.main --config=configs/icl/function_classes.py --workdir=runs/fn_classes_full
+  python -m jaxllm.main --config=configs/icl/function_classes.py --workdir=runs/function_classes_full
 Smoke (sparse linear and trees, d = 5, k up to 20, a 3-layer width-64 model, 2000 steps each,
 about 10 minutes on 2 CPU cores):
-  python -m jaxllm.main --config=configs/icl/function_classes.py:smoke --workdir=runs/fn_classes
+  python -m jaxllm.main --config=configs/icl/function_classes.py:smoke --workdir=runs/function_classes
 Figure:
-  python scripts/figures/fig_function_classes.py --workdir=runs/fn_classes
+  python scripts/figures/fig_function_classes.py --workdir=runs/function_classes
 """
 
 import ml_collections

@@ -1,11 +1,11 @@
 """In-context linear regression (Garg et al. 2022), the default jaxllm job.
 
 Smoke (the default job, d = 5, k up to 20, a few minutes on 2 CPU cores):
-  python -m jaxllm.main --config=configs/icl/linear_regression.py:smoke --workdir=runs/icl_lr_smoke
+  python -m jaxllm.main --config=configs/icl/linear_regression.py:smoke --workdir=runs/linear_regression_smoke
 Paper scale (d = 20, k up to 40, 12 layers / 8 heads / width 256, 500k steps):
-  python -m jaxllm.main --config=configs/icl/linear_regression.py --workdir=runs/icl_lr
+  python -m jaxllm.main --config=configs/icl/linear_regression.py --workdir=runs/linear_regression
 Figure:
-  python scripts/figures/fig_icl_linear_regression.py --workdir=runs/icl_lr_smoke
+  python scripts/figures/fig_linear_regression.py --workdir=runs/linear_regression_smoke
 """
 
 import ml_collections

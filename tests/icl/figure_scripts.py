@@ -1,14 +1,8 @@
-"""Loads a figure script from scripts/figures/ as a module, for the studies' end-to-end tests."""
+"""The plotting module behind a figure script (``fig_<name>`` -> ``jaxllm.plots.<name>``)."""
 
-import importlib.util
-import os
-
-FIGURES = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "figures")
+import importlib
 
 
 def load(name: str):
-  """The module ``scripts/figures/<name>.py``."""
-  spec = importlib.util.spec_from_file_location(name, os.path.join(FIGURES, name + ".py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  """The module that draws ``scripts/figures/<name>.py``'s figure."""
+  return importlib.import_module("jaxllm.plots." + name.removeprefix("fig_"))

@@ -1,17 +1,12 @@
 """Error vs number of in-context examples for the in-context linear regression study.
 
-  python scripts/figures/fig_icl_linear_regression.py --workdir=runs/icl_linear_regression
-writes <workdir>/icl_linear_regression.png from <workdir>/results.json.
+Drawn from an experiment's results.json; the command line is scripts/figures/fig_linear_regression.py.
 """
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from jaxllm import figures  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 STYLE = {
     "transformer": dict(color="C3", lw=2.2, label="Transformer"),
@@ -43,7 +38,3 @@ def plot(results: dict, out_path: str) -> str:
   fig.savefig(out_path, dpi=150)
   plt.close(fig)
   return out_path
-
-
-if __name__ == "__main__":
-  figures.cli(plot, "icl_linear_regression.png", __doc__)

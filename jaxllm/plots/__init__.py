@@ -1,0 +1,1 @@
+"""Figures drawn from experiments' results.json, one module per study (``plot(results, path)``)."""
