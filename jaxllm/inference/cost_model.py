@@ -308,8 +308,6 @@ def parse_policy(text: str) -> Policy:
 
 def figure(rows: list[dict], path: str) -> None:
   """Cost against context length, one line per policy, one panel per cost (the paper's style)."""
-  import matplotlib
-  matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   panels = [("kv_bytes", "KV cache (GB)", 1e-9), ("prefill_seconds", "prefill (s)", 1),
             ("decode_seconds_per_step", "decode step (ms)", 1e3),
@@ -398,6 +396,8 @@ def main():
         json.dump(dict(model=dataclasses.asdict(spec), hardware=dataclasses.asdict(hw),
                        rows=rows), f, indent=1)
       os.replace(tmp, FLAGS.out)
+      import matplotlib
+      matplotlib.use("Agg")
       figure(rows, os.path.splitext(FLAGS.out)[0] + ".png")
     return 0
 

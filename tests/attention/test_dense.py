@@ -100,9 +100,15 @@ def test_gradients_match_finite_differences():
 
 
 def test_fully_masked_rows_are_zero_not_nan():
-  q, k, v = rand_qkv(5, 1, 4, 4, 1, 1, 4)
-  out = reference(q, k, v, causal=False, window=1, scale=1.0)  # keeps only the diagonal
-  assert np.isfinite(np.asarray(out)).all()
+  """Causal queries are the last T of S positions, so with T > S the first T - S see no key."""
+  q, k, v = rand_qkv(5, 2, 6, 4, 2, 1, 4)
+  out = np.asarray(reference(q, k, v, causal=True))
+  np.testing.assert_array_equal(out[:, :2], 0.0)  # rows with no visible key: exactly zero
+  want = reference(q[:, 2:], k, v, causal=True)  # the other rows are the T == S problem
+  np.testing.assert_allclose(out[:, 2:], want, rtol=1e-6, atol=1e-6)
+  grads = jax.grad(lambda q: jnp.sum(reference(q, k, v, causal=True) ** 2))(q)
+  assert np.isfinite(np.asarray(grads)).all()
+  np.testing.assert_array_equal(np.asarray(grads)[:, :2], 0.0)
 
 
 def test_dense_is_registered_and_unknown_names_are_listed():

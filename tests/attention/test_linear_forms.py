@@ -7,7 +7,7 @@ import pytest
 
 from jaxllm.attention.linear import decay, forms
 
-TOL = 5e-3
+TOL = {jnp.float32: 1e-5, jnp.bfloat16: 5e-3}  # float32: the forms compute the same sum
 
 
 def rel_rmse(x, y):
@@ -58,11 +58,12 @@ def test_forms_agree(seed, b, t, h, d, e, chunk, strength, dtype):
   o_c, s_c, g_c = _value_and_grads("chunked", q, k, v, a, s0, chunk_size=chunk)
   o_r, s_r, g_r = _value_and_grads("recurrent", q, k, v, a, s0)
   assert o_p.shape == (b, t, h, e) and s_p.shape == (b, h, d, e)
+  tol = TOL[dtype]
   for o, s, g in ((o_c, s_c, g_c), (o_r, s_r, g_r)):
-    assert rel_rmse(o, o_p) < TOL
-    assert rel_rmse(s, s_p) < TOL
+    assert rel_rmse(o, o_p) < tol
+    assert rel_rmse(s, s_p) < tol
     for name, x, y in zip("q k v decay state".split(), g, g_p):
-      assert rel_rmse(x, y) < TOL, name
+      assert rel_rmse(x, y) < tol, name
 
 
 def test_forms_match_explicit_sum():
