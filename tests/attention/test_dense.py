@@ -152,3 +152,45 @@ def test_splash_tpu_kernel_matches_reference_in_interpret_mode():
     got = splash.splash_dense(q, k, v, causal=True, scale=0.125, window=40)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=2e-5, atol=2e-5)
   assert splash.splash_dense(q[:, :100], k[:, :100], v[:, :100], causal=True, scale=1.0) is None
+
+
+BLOCKED_CASES = [  # (B, T, S, H, Hkv, causal, window, sinks, block_q, key_chunk)
+    (2, 37, 37, 4, 2, True, None, 0, 8, 8),
+    (1, 37, 50, 4, 1, True, None, 0, 16, 5),
+    (2, 40, 40, 2, 2, True, 7, 0, 8, 3),
+    (1, 40, 40, 2, 1, True, 7, 3, 8, 4),
+    (2, 33, 33, 2, 2, False, None, 0, 8, 7),
+    (1, 33, 33, 2, 2, False, 5, 0, 8, 6),
+    (1, 29, 45, 6, 3, True, 9, 2, 5, 4),
+    (1, 9, 9, 2, 1, True, 1, 0, 4, 2),
+]
+
+
+@pytest.mark.parametrize("b,t,s,h,hkv,causal,window,sinks,bq,kc", BLOCKED_CASES)
+def test_blocked_equals_reference_with_gradients(b, t, s, h, hkv, causal, window, sinks, bq, kc):
+  """The blocked path (auto on CPU) is the reference's math: 1e-5 on outputs and gradients."""
+  from jaxllm.attention.methods.dense import blocked
+  q, k, v = rand_qkv(b * 100 + t, b, t, s, h, hkv, 8)
+  kw = dict(causal=causal, window=window, sinks=sinks, softcap=2.0 if window else None)
+  want = reference(q, k, v, **kw)
+  got = blocked(q, k, v, block_q=bq, key_chunk=kc, **kw)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v)))
+  g_want = jax.grad(loss(lambda q, k, v: reference(q, k, v, **kw)), argnums=(0, 1, 2))(q, k, v)
+  g_got = jax.grad(loss(lambda q, k, v: blocked(q, k, v, block_q=bq, key_chunk=kc, **kw)),
+                   argnums=(0, 1, 2))(q, k, v)
+  for x, y in zip(g_got, g_want):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+
+
+def test_blocked_bfloat16_and_auto_on_cpu_is_blocked():
+  q, k, v = rand_qkv(3, 2, 70, 70, 4, 2, 16, jnp.bfloat16)
+  got = A.attention(q, k, v, method="dense", impl="auto")
+  assert got.dtype == jnp.bfloat16
+  want = naive(q, k, v, causal=True)
+  np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=2e-2, atol=2e-2)
+  if jax.default_backend() == "cpu":
+    from jaxllm.attention.methods.dense import blocked
+    q32, k32, v32 = (x.astype(jnp.float32) for x in (q, k, v))
+    np.testing.assert_array_equal(A.attention(q32, k32, v32, method="dense", impl="auto"),
+                                  blocked(q32, k32, v32, causal=True))
