@@ -88,7 +88,7 @@ def config_from_hf(hf: dict, dtype="float32") -> tuple[str, TransformerConfig]:
   family = hf.get("model_type")
   if family not in FAMILIES:
     _unsupported("model_type", family, list(FAMILIES))
-  dtype = _dtype_name(dtype)
+  dtype = dtype_name(dtype)
   common = dict(io="tokens", vocab_size=int(_field(hf, "vocab_size")), dtype=dtype,
                 param_dtype=dtype,
                 tie_embeddings=bool(hf.get("tie_word_embeddings", _TIE_DEFAULT[family])))
@@ -232,7 +232,7 @@ def _table(cfg: TransformerConfig, family: str) -> list[tuple[str, tuple, str]]:
   return rows
 
 
-def _dtype_name(dtype) -> str:
+def dtype_name(dtype) -> str:
   if isinstance(dtype, str) and dtype in DTYPES:
     return dtype
   for name, d in DTYPES.items():
