@@ -116,9 +116,13 @@ def config_from_hf(hf: dict, dtype="float32") -> tuple[str, TransformerConfig]:
   layers, heads = int(_field(hf, "num_hidden_layers")), int(_field(hf, "num_attention_heads"))
   theta, scaling = _rope(hf)
   window = _window(hf, family, layers)
+  d_model = int(_field(hf, "hidden_size"))
+  head_dim = hf.get("head_dim")
+  if head_dim is not None and head_dim * heads == d_model:
+    head_dim = None  # the default split, so the config equals a natively built one
   return family, TransformerConfig(
-      d_model=int(_field(hf, "hidden_size")), num_layers=layers, num_heads=heads,
-      num_kv_heads=int(hf.get("num_key_value_heads") or heads), head_dim=hf.get("head_dim"),
+      d_model=d_model, num_layers=layers, num_heads=heads,
+      num_kv_heads=int(hf.get("num_key_value_heads") or heads), head_dim=head_dim,
       mlp_dim=int(_field(hf, "intermediate_size")),
       max_len=int(hf.get("max_position_embeddings", 2048)), positions="rope", norm="rmsnorm",
       mlp="swiglu", use_bias=False, qkv_bias=family == "qwen2", rope_theta=theta,
