@@ -225,3 +225,19 @@ def test_export_refuses_models_without_a_layout():
       rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match="no Hugging Face layout"):
     save_hf(model, "/nonexistent/never-written")
+
+
+def test_bfloat16_checkpoint_round_trip_is_exact(tmp_path):
+  """A bf16 checkpoint loaded as bf16 writes back the same bytes (no float32 detour)."""
+  from safetensors.flax import load_file as load_jax, save_file as save_jax  # pylint: disable=g-import-not-at-top
+  bf16, back = tmp_path / "bf16", tmp_path / "back"
+  bf16.mkdir()
+  shutil.copy(os.path.join(DATA, "llama", "config.json"), bf16)
+  save_jax({k: v.astype(jnp.bfloat16) for k, v in load_jax(
+      os.path.join(DATA, "llama", "model.safetensors")).items()},
+           os.path.join(bf16, "model.safetensors"))
+  model = load_hf(str(bf16), dtype=jnp.bfloat16)
+  assert model.cfg.param_dtype == "bfloat16"
+  save_hf(model, str(back))
+  tensors = _tensors(str(back))
+  assert tensors == _tensors(str(bf16)) and all(v[0] == "bfloat16" for v in tensors.values())
