@@ -150,13 +150,21 @@ def family_of(cfg: TransformerConfig) -> str:
 
 def config_to_hf(cfg: TransformerConfig, family: str) -> dict:
   """The transformers ``config.json`` for ``cfg`` (the inverse of :func:`config_from_hf`)."""
+  if family not in FAMILIES:
+    _unsupported("model_type", family, list(FAMILIES))
   options = dict(cfg.attention_options)
   allowed = {"gpt2": {"scale"}, "mistral": {"window"}, "qwen2": {"window"}}.get(family, set())
   if set(options) - allowed:
     raise ValueError(f"model.attention_options {sorted(set(options) - allowed)} have no "
                      f"{family} config field")
-  if cfg.rope_scaling and family == "gpt2":
-    raise ValueError("model.rope_scaling has no gpt2 config field")
+  if family == "gpt2" and (cfg.rope_scaling or cfg.kv_heads != cfg.num_heads
+                           or cfg.dim_per_head * cfg.num_heads != cfg.d_model
+                           or cfg.qkv_bias is False):
+    raise ValueError("gpt2 has no rope_scaling, num_kv_heads, head_dim or qkv_bias=False; the "
+                     "model sets one of them")
+  if family != "gpt2" and bool(cfg.qkv_bias) != (family == "qwen2"):
+    raise ValueError(f"model.qkv_bias={cfg.qkv_bias} does not fit {family}: q/k/v biases are "
+                     "Qwen2's layout")
   arch = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
           "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel"}[family]
   hf = dict(architectures=[arch], model_type=family, vocab_size=cfg.vocab_size,
@@ -405,8 +413,9 @@ def save_hf(model: Transformer, path: str, *, family: str | None = None,
     max_shard_bytes: split the tensors into shards of at most this size (plus
       ``model.safetensors.index.json``); None writes one ``model.safetensors``.
   """
-  family, tensors = hf_tensors(model, family)
-  hf = config_to_hf(model.cfg, family)
+  family = family or family_of(model.cfg)
+  hf = config_to_hf(model.cfg, family)  # validates before any array is read or written
+  _, tensors = hf_tensors(model, family)
   shards, size = [[]], 0
   for name, x in tensors.items():
     if max_shard_bytes and shards[-1] and size + x.nbytes > max_shard_bytes:

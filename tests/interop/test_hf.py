@@ -225,6 +225,18 @@ def test_export_refuses_models_without_a_layout():
       rngs=nnx.Rngs(0)))
   with pytest.raises(ValueError, match="no Hugging Face layout"):
     save_hf(model, "/nonexistent/never-written")
+  gqa = nnx.eval_shape(lambda: build(dict(
+      style="gpt2", vocab_size=8, d_model=16, num_heads=4, num_kv_heads=2, num_layers=1),
+      rngs=nnx.Rngs(0)))
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    save_hf(gqa, "/nonexistent/never-written")
+
+
+def test_export_refuses_a_family_that_drops_parameters(models):
+  with pytest.raises(ValueError, match="qkv_bias=True does not fit llama"):
+    save_hf(models["qwen2"], "/nonexistent/never-written", family="llama")
+  with pytest.raises(ValueError, match=r"attention_options \['window'\] have no llama"):
+    save_hf(models["mistral"], "/nonexistent/never-written", family="llama")
 
 
 def test_bfloat16_checkpoint_round_trip_is_exact(tmp_path):
