@@ -3,7 +3,8 @@
 A converted directory is a jaxllm workdir: ``checkpoints/<step>/`` written by
 :class:`jaxllm.train.checkpoint.Checkpointer` (``state`` = ``{"params", "step"}``, ``meta`` with
 the model config and ``data_position`` 0), plus ``model.json`` (the model config, readable before
-the arrays) and the source's ``tokenizer.json`` when it has one.
+the arrays) and the source's ``tokenizer.json`` when it has one. It holds no optimizer state, so
+``jaxllm.train.loop.train`` does not resume from it; :func:`load` restores the model.
 """
 
 from __future__ import annotations
