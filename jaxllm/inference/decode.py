@@ -78,8 +78,8 @@ def _qkv(attn, x_BTD, positions_T):
   k = attn.wk(x_BTD).reshape(b, t, cfg.kv_heads, cfg.dim_per_head)
   v = attn.wv(x_BTD).reshape(b, t, cfg.kv_heads, cfg.dim_per_head)
   if cfg.positions == "rope":
-    q = layers.rope(q, positions_T, cfg.rope_theta)
-    k = layers.rope(k, positions_T, cfg.rope_theta)
+    q = layers.rope(q, positions_T, cfg.rope_theta, cfg.rope_scaling)
+    k = layers.rope(k, positions_T, cfg.rope_theta, cfg.rope_scaling)
   return q, k, v
 
 

@@ -10,6 +10,8 @@ MLPS = ("gelu", "swiglu")
 IO = ("tokens", "vectors")
 BLOCKS = ("standard", "transnormer")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Rotary frequency rescalings and the keys each needs (Llama 3.1's ``rope_scaling``).
+ROPE_SCALINGS = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_len")}
 
 # Preset block styles; any field can still be overridden.
 STYLES = {
@@ -45,9 +47,11 @@ class TransformerConfig:
   norm: str = "layernorm"
   mlp: str = "gelu"
   use_bias: bool = True
+  qkv_bias: bool | None = None  # None -> use_bias; True with use_bias=False is Qwen2's layout
   block: str = "standard"
   tie_embeddings: bool = False
   rope_theta: float = 10000.0
+  rope_scaling: tuple = ()  # sorted (name, value) pairs with a "type" in ROPE_SCALINGS; () none
   norm_eps: float = 1e-5
   attention: str = "dense"
   attention_impl: str = "auto"
@@ -76,12 +80,28 @@ class TransformerConfig:
           f"model.num_kv_heads={self.num_kv_heads}")
     if self.positions == "rope" and self.dim_per_head % 2:
       raise ValueError(f"rotary positions need an even head dim, got {self.dim_per_head}")
+    if self.rope_scaling:
+      self._check_rope_scaling()
     if self.io == "tokens" and self.vocab_size < 1:
       raise ValueError("model.vocab_size must be >= 1 when model.io='tokens'")
     if self.io == "vectors" and (self.input_dim < 1 or self.output_dim < 1):
       raise ValueError("model.input_dim and model.output_dim must be >= 1 when model.io='vectors'")
     if self.tie_embeddings and self.io != "tokens":
       raise ValueError("model.tie_embeddings needs model.io='tokens'")
+
+  def _check_rope_scaling(self):
+    scaling = dict(self.rope_scaling)
+    kind = scaling.pop("type", None)
+    _choice("rope_scaling.type", kind, ROPE_SCALINGS)
+    if self.positions != "rope":
+      raise ValueError(f"model.rope_scaling needs model.positions='rope', got {self.positions!r}")
+    need = set(ROPE_SCALINGS[kind])
+    if set(scaling) != need:
+      raise ValueError(f"model.rope_scaling of type {kind!r} needs exactly the keys "
+                       f"{sorted(need)}, got {sorted(scaling)}")
+    if not scaling["factor"] > 0 or not scaling["high_freq_factor"] > scaling["low_freq_factor"] > 0:
+      raise ValueError("model.rope_scaling needs factor > 0 and high_freq_factor > "
+                       f"low_freq_factor > 0, got {scaling}")
 
   @property
   def kv_heads(self) -> int:
@@ -119,7 +139,8 @@ class TransformerConfig:
     unknown = sorted(set(d) - known)
     if unknown:
       raise ValueError(f"unknown model fields {unknown}; allowed: {sorted(known | {'style'})}")
-    opts = d.get("attention_options") or {}
-    if isinstance(opts, dict):
-      d["attention_options"] = tuple(sorted(opts.items()))
+    for f in ("attention_options", "rope_scaling"):
+      opts = d.get(f) or {}
+      if isinstance(opts, dict):
+        d[f] = tuple(sorted(opts.items()))
     return cls(**d)

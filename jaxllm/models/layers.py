@@ -30,10 +30,29 @@ def norm(cfg: TransformerConfig, *, rngs) -> nnx.Module:
                        dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
 
 
-def rope(x_BTHD: jax.Array, positions_T: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding (rotate-half convention) applied in float32."""
-  d = x_BTHD.shape[-1]
-  freq = theta ** (-jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+def rope_frequencies(d: int, theta: float, scaling: tuple = ()) -> jax.Array:
+  """Float32 [D / 2] rotary frequencies theta^(-2i / D), optionally rescaled.
+
+  ``scaling`` of type ``llama3`` follows Llama 3.1's rule (the ``llama3`` rope type of Meta's
+  release and of transformers): wavelengths longer than ``original_max_len / low_freq_factor``
+  are stretched by ``factor``, those shorter than ``original_max_len / high_freq_factor`` are
+  kept, and the band between interpolates linearly in ``original_max_len / wavelength``.
+  """
+  freq = 1.0 / theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d)
+  if not scaling:
+    return freq
+  s = dict(scaling)  # validated by TransformerConfig: the only type is "llama3"
+  factor, low, high, ctx = (s["factor"], s["low_freq_factor"], s["high_freq_factor"],
+                            s["original_max_len"])
+  ratio = ctx * freq / (2 * math.pi)  # original context length over the wavelength
+  smooth = jnp.clip((ratio - low) / (high - low), 0.0, 1.0)
+  return (1 - smooth) * freq / factor + smooth * freq
+
+
+def rope(x_BTHD: jax.Array, positions_T: jax.Array, theta: float, scaling: tuple = ()) -> jax.Array:
+  """Rotary embedding (rotate-half convention) applied in float32; ``scaling`` as in
+  :func:`rope_frequencies`."""
+  freq = rope_frequencies(x_BTHD.shape[-1], theta, scaling)
   angle_TF = positions_T.astype(jnp.float32)[:, None] * freq[None, :]
   sin = jnp.sin(angle_TF)[None, :, None, :]
   cos = jnp.cos(angle_TF)[None, :, None, :]
@@ -81,9 +100,9 @@ class Attention(nnx.Module):
   def __init__(self, cfg: TransformerConfig, layer_index: int, *, rngs: nnx.Rngs):
     self.cfg = cfg
     h, hkv, dh, d = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_model
-    self.wq = linear(cfg, d, h * dh, rngs=rngs)
-    self.wk = linear(cfg, d, hkv * dh, rngs=rngs)
-    self.wv = linear(cfg, d, hkv * dh, rngs=rngs)
+    self.wq = linear(cfg, d, h * dh, rngs=rngs, use_bias=cfg.qkv_bias)
+    self.wk = linear(cfg, d, hkv * dh, rngs=rngs, use_bias=cfg.qkv_bias)
+    self.wv = linear(cfg, d, hkv * dh, rngs=rngs, use_bias=cfg.qkv_bias)
     self.wo = linear(cfg, h * dh, d, rngs=rngs, std=0.02 / math.sqrt(2 * cfg.num_layers))
     self.options = attention_options(cfg, layer_index)
 
@@ -94,8 +113,8 @@ class Attention(nnx.Module):
     k = self.wk(x_BTD).reshape(b, t, cfg.kv_heads, cfg.dim_per_head)
     v = self.wv(x_BTD).reshape(b, t, cfg.kv_heads, cfg.dim_per_head)
     if cfg.positions == "rope":
-      q = rope(q, positions_T, cfg.rope_theta)
-      k = rope(k, positions_T, cfg.rope_theta)
+      q = rope(q, positions_T, cfg.rope_theta, cfg.rope_scaling)
+      k = rope(k, positions_T, cfg.rope_theta, cfg.rope_scaling)
     o = attn_api.attention(q, k, v, method=cfg.attention, impl=cfg.attention_impl, causal=True,
                            **self.options)
     return self.wo(o.reshape(b, t, cfg.num_heads * cfg.dim_per_head))
