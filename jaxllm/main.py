@@ -196,8 +196,8 @@ def _unknown_override(argv) -> str | None:
         break
       if part not in node:
         parent = ".".join(parts[:i]) or "config"
-        return (f"--config.{path}: no such config field; {parent} has: "
-                f"{', '.join(sorted(node.keys()))}")
+        fields = ", ".join(sorted(node.keys())) or "no fields"
+        return f"--config.{path}: no such config field; {parent} has: {fields}"
       node = node[part]
   return None
 

@@ -115,7 +115,7 @@ class Checkpointer:
              for m in jax.tree_util.tree_leaves(tree) if hasattr(m, "shape")}
     want = {_leaf_name(p): (tuple(x.shape), np.dtype(x.dtype).name)
             for p, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
-    for name in sorted(want):
+    for name in sorted(want, key=lambda n: (not n.startswith("params."), n)):
       if name not in saved:
         return f"it has no {name}"
       if saved[name] != want[name]:
