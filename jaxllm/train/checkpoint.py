@@ -6,6 +6,7 @@ position, the step's metrics) and, for tasks that keep an input-pipeline state, 
 
 import os
 import shutil
+import sys
 import time
 
 import jax
@@ -31,6 +32,57 @@ def _reason(e: BaseException) -> str:
     return f"{e.strerror}: {e.filename}" if e.filename else e.strerror
   first = (str(e).strip().splitlines() or [""])[0]
   return f"{type(e).__name__}: {first[:200]}"
+
+
+class _DropClosedLoopTracebacks:
+  """A stderr wrapper that drops the tracebacks TensorStore prints around a failed restore.
+
+  When one array of a damaged checkpoint fails to read, orbax closes its event loop while the
+  other reads still run; each of them then prints, from its own thread and interleaved with the
+  others, a traceback ending in "RuntimeError: Event loop is closed". Their lines are dropped
+  one by one (a "Traceback" header only when the next line is one of them); every other line
+  passes through.
+  """
+
+  _HEADER = "Traceback (most recent call last):"
+
+  def __init__(self, stream):
+    self._stream, self._headers, self._partial = stream, 0, ""
+
+  @staticmethod
+  def _noise(line: str) -> bool:
+    s = line.strip()
+    return (s in ("self._check_closed()", "raise RuntimeError('Event loop is closed')",
+                  "RuntimeError: Event loop is closed")
+            or (s.startswith('File "') and "asyncio/base_events.py" in s
+                and s.endswith(("in call_soon_threadsafe", "in _check_closed"))))
+
+  def write(self, text):
+    self._partial += text
+    *lines, self._partial = self._partial.split("\n")
+    for line in lines:
+      if line.strip() == self._HEADER:
+        self._headers += 1
+      elif self._noise(line):
+        self._headers = 0
+      else:
+        self._stream.write((self._HEADER + "\n") * self._headers + line + "\n")
+        self._headers = 0
+    return len(text)
+
+  def flush(self):
+    if self._partial and not self._HEADER.startswith(self._partial.strip()):
+      self._stream.write(self._partial)
+      self._partial = ""
+    self._stream.flush()
+
+  def __getattr__(self, name):
+    return getattr(self._stream, name)
+
+
+def _quiet_failed_restores():
+  if not isinstance(sys.stderr, _DropClosedLoopTracebacks):
+    sys.stderr = _DropClosedLoopTracebacks(sys.stderr)
 
 
 def _leaf_name(path) -> str:
@@ -168,7 +220,10 @@ class Checkpointer:
       ``(step, reason, new path)`` for the corrupt steps skipped.
     """
     set_aside = []
-    for step in sorted(self._mngr.all_steps(), reverse=True):
+    steps = sorted(self._mngr.all_steps(), reverse=True)
+    if steps:
+      _quiet_failed_restores()
+    for step in steps:
       mismatch = self._structure_mismatch(step, abstract_state)
       if mismatch:
         raise ConfigMismatchError(

@@ -9,6 +9,7 @@ import stat
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -269,9 +270,8 @@ def test_bad_data_state_hooks_are_value_errors(tmp_path):
 ])
 def test_bad_numbers_are_named_before_the_workdir_is_touched(tmp_path, section, field, value,
                                                              message):
-  config = tiny_config()
-  with config.unlocked():
-    config[section][field] = value
+  config = ml_collections.ConfigDict(tiny_config().to_dict(), type_safe=False)
+  config[section][field] = value
   workdir = tmp_path / "w"
   with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
     loop.train(config, str(workdir), None, progress=False)
