@@ -19,20 +19,43 @@ def _jsonable(x):
   return x
 
 
-def write_json(path: str, obj) -> str:
-  """Writes ``obj`` as JSON to ``path`` via a temp file and an atomic rename."""
+def _umask() -> int:
+  try:  # Linux reports it without changing it (os.umask can only read it by setting it)
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except OSError:
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
+def write_text(path: str, text: str) -> str:
+  """Writes ``text`` to ``path`` via a temp file and an atomic rename.
+
+  The file gets the mode ``open()`` would give it (0644 under the usual umask 022), not the
+  0600 of the temp file.
+  """
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
   try:
     with os.fdopen(fd, "w") as f:
-      json.dump(_jsonable(obj), f, indent=1)
+      f.write(text)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.remove(tmp)
     raise
   return path
+
+
+def write_json(path: str, obj) -> str:
+  """Writes ``obj`` as JSON to ``path`` atomically (see :func:`write_text`)."""
+  return write_text(path, json.dumps(_jsonable(obj), indent=1))
 
 
 def write_results(workdir: str, results: dict) -> str:

@@ -13,6 +13,8 @@ import types
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 IMPLS = ("xla", "pallas", "auto")
 
@@ -49,8 +51,15 @@ def get(name: str) -> Method:
   return _REGISTRY[name]
 
 
-def check_shapes(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
-  """Validates q [B, T, H, D], k/v [B, S, Hkv, D] with Hkv dividing H."""
+def check_shapes(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = False) -> None:
+  """Validates floating q [B, T, H, D], k/v [B, S, Hkv, D] with Hkv dividing H and S >= 1; causal
+  attention also needs T <= S (its queries are the last T of the S positions)."""
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if not hasattr(x, "dtype") or not hasattr(x, "ndim"):
+      raise ValueError(f"attention: {name} must be an array, got {type(x).__name__}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(f"attention: {name} must be a floating-point array (float32, bfloat16, "
+                       f"float16), got {x.dtype}")
   if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
     raise ValueError(
         "attention expects q [B, T, H, D] and k, v [B, S, Hkv, D]; got ranks "
@@ -65,6 +74,12 @@ def check_shapes(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
   if hkv == 0 or h % hkv:
     raise ValueError(
         f"attention: query heads H={h} must be a multiple of key/value heads Hkv={hkv} (GQA)")
+  t, s = q.shape[1], k.shape[1]
+  if s == 0:
+    raise ValueError("attention: k and v have no positions (S=0); at least one key is needed")
+  if causal and t > s:
+    raise ValueError(f"attention: causal queries are the last T of the S key positions, so T <= S "
+                     f"is needed; got T={t} > S={s}")
 
 
 def attention(q, k, v, *, method: str = "dense", impl: str = "auto", causal: bool = True, **kw):
@@ -90,5 +105,7 @@ def attention(q, k, v, *, method: str = "dense", impl: str = "auto", causal: boo
   if unknown:
     raise ValueError(
         f"attention method {method!r} got unknown options {unknown}; allowed: {list(m.options)}")
-  check_shapes(q, k, v)
+  if not isinstance(causal, (bool, np.bool_)):
+    raise ValueError(f"attention: causal must be True or False, got {causal!r}")
+  check_shapes(q, k, v, causal=causal)
   return m.fn(q, k, v, impl=impl, causal=causal, **kw)

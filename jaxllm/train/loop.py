@@ -1,9 +1,14 @@
 """The training loop: jitted step over pure-dict state, one-step-late metrics, NaN guard,
-orbax checkpoints and auto-resume from the workdir."""
+orbax checkpoints, auto-resume from the workdir, and a checkpoint on SIGTERM / SIGINT."""
 
+import contextlib
 import dataclasses
+import json
 import math
+import os
+import signal
 import sys
+import threading
 import time
 
 import jax
@@ -13,8 +18,47 @@ import optax
 from flax import nnx
 
 from jaxllm import optim, sharding
-from jaxllm.train.checkpoint import Checkpointer
+from jaxllm.results import write_text
+from jaxllm.train import workdir as workdir_lib
+from jaxllm.train.checkpoint import Checkpointer, ConfigMismatchError
 from jaxllm.train.metrics import MetricWriter
+from jaxllm.train.validate import check_train_config
+
+
+class Interrupted(Exception):
+  """The run stopped on SIGTERM / SIGINT; ``str(e)`` says which checkpoint it saved."""
+
+  def __init__(self, signum: int, message: str):
+    super().__init__(message)
+    self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_requests():
+  """Turns the first SIGTERM or SIGINT into an entry of the yielded list, for the loop to act on
+  between steps; a second signal gets the previous handler (Ctrl-C twice still interrupts)."""
+  requested = []
+  if threading.current_thread() is not threading.main_thread():
+    yield requested  # signal handlers can only be set from the main thread
+    return
+  signums = (signal.SIGTERM, signal.SIGINT)
+  previous = {s: signal.getsignal(s) for s in signums}
+
+  def restore():
+    for s, h in previous.items():
+      signal.signal(s, signal.SIG_DFL if h is None else h)
+
+  def handler(signum, frame):
+    del frame
+    requested.append(signum)
+    restore()
+
+  for s in signums:
+    signal.signal(s, handler)
+  try:
+    yield requested
+  finally:
+    restore()
 
 
 @dataclasses.dataclass
@@ -60,24 +104,78 @@ class _Progress:
           f"{_format_eta((self.total - step) / max(r, 1e-9))}", file=sys.stderr, flush=True)
 
 
+
+def _flat(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict) and v:
+      out.update(_flat(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def _config_changes(workdir: str, config) -> str:
+  """The fields that differ from the workdir's ``config.json``, as a message tail."""
+  try:
+    with open(os.path.join(workdir, "config.json")) as f:
+      before = _flat(json.load(f))
+  except (OSError, ValueError):
+    return ""
+  now = _flat(json.loads(config.to_json_best_effort()))
+  changed = [f"{k}: {before.get(k)!r} there, {now.get(k)!r} now"
+             for k in sorted(set(before) | set(now))
+             if before.get(k) != now.get(k) and not k.startswith(("train.", "eval."))]
+  return f"; fields that differ from its config.json: {'; '.join(changed)}" if changed else ""
+
+
+def _data_hooks(task) -> bool:
+  has = [hasattr(task, "data_state"), hasattr(task, "restore_data_state")]
+  if any(has) and not all(has):
+    raise ValueError(f"task {type(task).__name__} must define both data_state(step) and "
+                     "restore_data_state(state), or neither")
+  return all(has)
+
+
+def _data_state(task, step: int) -> dict:
+  state = task.data_state(step)
+  if not isinstance(state, dict):
+    raise ValueError(f"{type(task).__name__}.data_state({step}) must return a dict, got "
+                     f"{type(state).__name__}")
+  try:
+    json.dumps(state)
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"{type(task).__name__}.data_state({step}) is not JSON-serialisable: "
+                     f"{e}") from None
+  return {"step": step, "state": state}
+
+
 def train(config, workdir: str, task, *, total_steps: int | None = None,
           progress: bool = True) -> TrainResult:
   """Trains ``task`` per ``config.train`` / ``config.optimizer``; resumes from ``workdir``.
 
   Killing the run and starting it again continues from the last checkpoint with the same
   batches, RNG and optimizer state, so the resumed loss sequence equals the uninterrupted one.
+  A checkpoint is written only once the saved state's own loss and gradient norm (the metrics of
+  the step that starts from it) have come back finite. SIGTERM or SIGINT stops the run after the
+  current step with a checkpoint of it and raises :class:`Interrupted`. One process at a time
+  may use ``workdir`` (``jaxllm.train.workdir.lock``); the config is written to
+  ``workdir/config.json`` once the checkpoint (if any) has been restored with it.
 
-  Optional task hook, traced inside the jitted step after the optimizer update (``step`` is the
-  number of updates done, ``key`` the step's key):
-  ``after_update(step, params, opt_state, key) -> (params, opt_state)``.
+  Optional task hooks are described in :class:`jaxllm.train.task.Task` (``after_update``,
+  ``logits``, ``data_state`` / ``restore_data_state``).
   """
+  check_train_config(config, total_steps)
   tcfg = config.train
   total = int(tcfg.steps if total_steps is None else total_steps)
-  if total < 1:
-    raise ValueError(f"train.steps must be >= 1, got {total}")
   ckpt_every = int(tcfg.get("checkpoint_every", 0) or 0)
-  log_every = max(int(tcfg.get("log_every", 100)), 1)
+  log_every = int(tcfg.get("log_every", 100))
+  with_data = _data_hooks(task)
+  with workdir_lib.lock(workdir):
+    return _train(config, workdir, task, total, ckpt_every, log_every, with_data, progress)
 
+
+def _train(config, workdir, task, total, ckpt_every, log_every, with_data, progress):
   model = task.init_model(nnx.Rngs(config.seed))
   graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)
   params = params_state.to_pure_dict()
@@ -131,25 +229,56 @@ def train(config, workdir: str, task, *, total_steps: int | None = None,
     step_fn = jax.jit(train_step, donate_argnums=0)
 
   ckpt = Checkpointer(workdir)
-  start = 0
-  resumed_from = ckpt.latest_step()
-  if resumed_from is not None:
+  try:
+    return _run(config, workdir, task, total, ckpt_every, log_every, with_data, progress, ckpt,
+                state, step_fn, plan, merge)
+  finally:
+    ckpt.close()
+
+
+def _run(config, workdir, task, total, ckpt_every, log_every, with_data, progress, ckpt, state,
+         step_fn, plan, merge):
+  start, resumed_from, last, rate = 0, None, {}, 0.0
+  abstract = jax.tree_util.tree_map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+      state)
+  try:
+    restored = ckpt.restore_latest(abstract, with_data=with_data)
+  except ConfigMismatchError as e:
+    raise ConfigMismatchError(f"{e}{_config_changes(workdir, config)}") from None
+  if restored is not None:
+    resumed_from, state, meta, data, set_aside = restored
+    for step, why, path in set_aside:
+      print(f"warning: checkpoint step {step} is corrupt ({why}); moved to {path}; resuming from "
+            f"step {resumed_from}", file=sys.stderr, flush=True)
     if resumed_from > total:
       raise ValueError(
           f"workdir {workdir} holds a checkpoint at step {resumed_from}, past train.steps={total}; "
           "use a fresh --workdir or raise train.steps")
-    abstract = jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-        state)
-    state, meta = ckpt.restore(resumed_from, abstract)
-    start = int(meta["data_position"])
+    start = resumed_from
+    if with_data:
+      task.restore_data_state(data)
+    if start == total:  # a finished run: report what it reported
+      last, rate = dict(meta.get("metrics") or {}), float(meta.get("steps_per_second") or 0.0)
     if progress:
       print(f"resumed from checkpoint at step {start} in {workdir}", file=sys.stderr, flush=True)
+  write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
 
   writer = MetricWriter(workdir, resume_step=start)
   prog = _Progress(total, start, log_every, progress)
   pending = None  # (step, device metrics): read one step late so the host never stalls the device
-  last = {}
+  clip = config.optimizer.get("grad_clip")
+  advice = (f"Lower optimizer.learning_rate (now {config.optimizer.learning_rate})" +
+            (" or set optimizer.grad_clip" if clip is None else
+             f" or optimizer.grad_clip (now {clip})"))
+
+  def check_finite(s, host, what=""):
+    bad = {k: v for k, v in host.items() if not math.isfinite(v)}
+    if bad:
+      latest = ckpt.latest_step()
+      raise FloatingPointError(
+          f"non-finite metrics {bad} at step {s}{what}; training stopped. {advice}. Last "
+          f"checkpoint: {'none' if latest is None else f'step {latest}'}.")
 
   def drain():
     nonlocal pending, last
@@ -158,34 +287,61 @@ def train(config, workdir: str, task, *, total_steps: int | None = None,
     s, dev_metrics = pending
     pending = None
     host = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
-    if not all(math.isfinite(v) for v in host.values()):
-      bad = {k: v for k, v in host.items() if not math.isfinite(v)}
-      raise FloatingPointError(
-          f"non-finite metrics {bad} at step {s}; training stopped. Lower "
-          f"optimizer.learning_rate (now {config.optimizer.learning_rate}) or set "
-          f"optimizer.grad_clip. Last checkpoint: step {ckpt.latest_step()}.")
+    check_finite(s, host)
     last = host
     if s % log_every == 0 or s == total:
       writer.write(s, host)
     prog.show(s, host)
 
+  def copy(tree):
+    return jax.tree_util.tree_map(jnp.copy, tree)
+
+  def save(s, st, metrics, data, steps_per_second=None):
+    meta = {"step": s, "data_position": s, "metrics": metrics}
+    if steps_per_second is not None:
+      meta["steps_per_second"] = steps_per_second
+    ckpt.save(s, st, meta, data)
+
+  to_save = None  # (step, state copy, data state): saved once the next step's metrics are finite
+  batch, done = None, start
   try:
-    for step in range(start, total):
-      batch = task.batch(step)
-      if plan is not None:
-        batch = jax.device_put(batch, plan.batch_sharding(batch))
-      state, dev_metrics = step_fn(state, batch)
+    with stop_requests() as requested:
+      for step in range(start, total):
+        batch = task.batch(step)
+        if plan is not None:
+          batch = jax.device_put(batch, plan.batch_sharding(batch))
+        state, dev_metrics = step_fn(state, batch)
+        drain()
+        pending = (step + 1, dev_metrics)
+        done = step + 1
+        if to_save is not None:
+          own = last  # the metrics of the update that produced the state to save
+          drain()  # this step started from that state: its loss and gradient norm are checked
+          save(to_save[0], to_save[1], own, to_save[2])
+          to_save = None
+        if requested or done == total:
+          break
+        if ckpt_every and done % ckpt_every == 0:
+          to_save = (done, copy(state), _data_state(task, done) if with_data else None)
       drain()
-      pending = (step + 1, dev_metrics)
-      done = step + 1
-      if (ckpt_every and done % ckpt_every == 0) or done == total:
-        drain()  # never checkpoint a state whose loss was not checked
-        ckpt.save(done, state, {"data_position": done, "step": done})
-    drain()
+      if done > start:
+        # The final (or interrupted) state has no next step: run one on a copy and discard it.
+        own = last
+        _, probe = step_fn(copy(state), batch)
+        check_finite(done + 1, {k: float(v) for k, v in jax.device_get(probe).items()},
+                     f" (the check of the state at step {done}, which was not saved)")
+        if done == total:
+          rate = prog.rate(total)
+        save(done, state, own, _data_state(task, done) if with_data else None,
+             rate if done == total else None)
+      if requested:
+        name = signal.Signals(requested[0]).name
+        raise Interrupted(requested[0], (
+            f"stopped by {name} at step {done}/{total}; checkpoint saved at step "
+            f"{ckpt.latest_step()} in {workdir}; run the same command again to resume"))
   finally:
     writer.close()
-    ckpt.close()
 
   params = jax.device_get(state["params"])
   return TrainResult(model=merge(params), final_step=total, resumed_from=resumed_from,
-                     last_metrics=last, steps_per_second=prog.rate(total))
+                     last_metrics=last, steps_per_second=rate)

@@ -68,7 +68,7 @@ def test_nan_guard_stops_with_a_clear_message(tmp_path):
     loop.train(config, str(tmp_path / "nan"), LinearRegressionTask(config), progress=False)
 
 
-def test_corrupted_checkpoint_raises_checkpoint_error(tmp_path):
+def test_corrupted_only_checkpoint_is_moved_aside_and_the_next_run_starts_over(tmp_path):
   config = tiny_config(steps=4, checkpoint_every=4)
   workdir = str(tmp_path / "w")
   loop.train(config, workdir, LinearRegressionTask(config), progress=False)
@@ -78,8 +78,13 @@ def test_corrupted_checkpoint_raises_checkpoint_error(tmp_path):
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
   config.train.steps = 8
-  with pytest.raises(CheckpointError, match="could not be restored"):
+  with pytest.raises(CheckpointError, match="no intact checkpoint .*step 4 .*moved to"):
     loop.train(config, workdir, LinearRegressionTask(config), progress=False)
+  assert os.listdir(os.path.join(workdir, "checkpoints")) == []
+  (aside,) = os.listdir(os.path.join(workdir, "checkpoints_corrupt"))
+  assert aside.startswith("4-")
+  result = loop.train(config, workdir, LinearRegressionTask(config), progress=False)
+  assert result.resumed_from is None and sorted(losses(workdir)) == list(range(1, 9))
 
 
 def test_checkpoint_past_requested_steps_is_an_error(tmp_path):
@@ -149,9 +154,9 @@ def test_opt_state_hook_resets_params_and_moments(tmp_path, monkeypatch):
   seen = {}
   real_save = loop.Checkpointer.save
 
-  def save(self, step, state, meta):
+  def save(self, step, state, meta, data=None):
     seen["opt_state"] = jax.device_get(state["opt_state"])
-    return real_save(self, step, state, meta)
+    return real_save(self, step, state, meta, data)
 
   monkeypatch.setattr(loop.Checkpointer, "save", save)
   result = loop.train(config, str(tmp_path / "m"), MomentResettingTask(config), progress=False)
