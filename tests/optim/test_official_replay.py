@@ -4,7 +4,10 @@ the official PyTorch code) replayed through ``optim.make`` at the defaults, with
 Each fixture holds the seed of its parameters and 1e-4-scale gradients, the random draws injected
 into the official run and the official parameters after steps 1, 2, 3, 5, 10 and 20. The error at
 a step is ||params - official|| / ||official - initial|| over the whole tree; it must stay
-<= 1e-4.
+<= 1e-4, or within twice the official code's own float32-vs-float64 difference where the fixture
+records one (COSMOS's sign-like first steps: 1.8e-4 at step 1, 3e-5 by step 20). The default tier
+replays every optimizer at its defaults; the variants (low rank with weight decay, SPAM weight
+decay, FRUGAL's descending block order with refreshes) are ``slow``.
 """
 
 import glob
@@ -22,6 +25,7 @@ from jaxllm.optim import frugal, soap, sophia_g
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = sorted(glob.glob(os.path.join(ROOT, "tests", "data", "optim", "*.npz")))
+DEFAULTS = ("galore", "fira", "cosmos", "muon", "soap", "spam", "lion", "sophia_g", "frugal")
 TOLERANCE = 1e-4
 
 _spec = importlib.util.spec_from_file_location(
@@ -80,7 +84,9 @@ def replay(path, monkeypatch):
   if sophia:
     # The sampled-label gradient of each step is the injected draw, counted as ``bs`` tokens.
     monkeypatch.setattr(sophia_g, "gnb_gradient", lambda p, logits_fn, key: logits_fn(p))
-    update = opt.update
+    bs = jnp.float32(meta["extra"]["bs"])
+    update = jax.jit(lambda g, s, p, g_hat: opt.update(
+        g, s, p, logits_fn=lambda _: (g_hat, bs)))
   else:
     update = jax.jit(opt.update)
   errors = {}
@@ -88,8 +94,7 @@ def replay(path, monkeypatch):
     grads = _nest(peer.gradient(seed, shapes, t))
     if sophia:
       g_hat = _nest(peer.gradient(seed, shapes, t, stream=2, scale=meta["extra"]["hess_scale"]))
-      bs = jnp.float32(meta["extra"]["bs"])
-      u, state = update(grads, state, params, logits_fn=lambda p, g=g_hat: (g, bs))
+      u, state = update(grads, state, params, g_hat)
     else:
       u, state = update(grads, state, params)
     params = jax.tree.map(lambda p, d: p + d, params, u)
@@ -102,19 +107,25 @@ def replay(path, monkeypatch):
   return meta, errors
 
 
-def test_fixtures_cover_every_changed_and_matched_optimizer():
-  cases = {os.path.basename(p)[:-4] for p in FIXTURES}
-  assert {"galore", "fira", "cosmos", "muon", "soap", "spam", "lion", "sophia_g",
-          "frugal"} <= cases
+def _case(path):
+  return os.path.basename(path)[:-4]
+
+
+def test_fixtures_cover_every_optimizer_at_its_defaults():
+  assert set(DEFAULTS) <= {_case(p) for p in FIXTURES}
   assert sum(os.path.getsize(p) for p in FIXTURES) < 2_000_000
 
 
-@pytest.mark.parametrize("path", FIXTURES, ids=lambda p: os.path.basename(p)[:-4])
+@pytest.mark.parametrize("path", [
+    p if _case(p) in DEFAULTS else pytest.param(p, marks=pytest.mark.slow) for p in FIXTURES],
+    ids=_case)
 def test_official_trajectory_replays(path, monkeypatch):
   meta, errors = replay(path, monkeypatch)
   shapes = [tuple(s) for s in meta["shapes"].values()]
   assert any(len(s) == 2 and s[0] != s[1] for s in shapes)
   assert any(len(s) == 2 and s[0] == s[1] for s in shapes)
   assert any(len(s) == 4 for s in shapes)
-  worst = max(errors.values())
-  assert worst <= TOLERANCE, f"{meta['case']}: trajectory error by step {errors}"
+  noise = meta.get("official_float32_noise", {})
+  for t, err in errors.items():
+    allowed = max(TOLERANCE, 2.0 * noise.get(str(t), 0.0))
+    assert err <= allowed, f"{meta['case']}: trajectory error by step {errors}, noise {noise}"
