@@ -5,16 +5,19 @@ checkouts of the official code; nothing here is needed by the default install or
 
   python scripts/optim_peer_check.py --out tests/data/optim \
       --galore DIR --fira DIR --cosmos DIR --muon DIR --soap DIR --spam DIR --lion DIR \
-      --sophia DIR --frugal DIR
+      --sophia DIR --adahessian DIR --frugal DIR
 
 Each DIR is a checkout root (jiaweizzhao/GaLore, xichen-fy/Fira, lliu606/COSMOS, KellerJordan/Muon,
-nikhilvyas/SOAP, TianjinYellow/SPAM-Optimizer, lucidrains/lion-pytorch, Liuhong99/Sophia, the
-FRUGAL repository with its ``frugal`` package); give only the ones to (re)write.
+nikhilvyas/SOAP, TianjinYellow/SPAM-Optimizer, lucidrains/lion-pytorch, Liuhong99/Sophia,
+amirgholami/adahessian, the FRUGAL repository with its ``frugal`` package); give only the ones to
+(re)write.
 
 For every case the parameters and the gradient sequence come from a seeded NumPy generator
 (``initial_params``, ``gradient``: gradients at 1e-4 scale), so the fixture stores only the seed,
-the injected random draws (FRUGAL's block choice, Sophia-G's sampled-label gradients) and the
-official parameters after a few steps. The tree has non-square and square hidden kernels, a 4-D
+the injected random draws (FRUGAL's block choice, Sophia-G's sampled-label gradients,
+AdaHessian's Rademacher vectors, SOAP's arbitrary null-space eigenbasis) and the official
+parameters after a few steps. AdaHessian differentiates a fixed loss with a non-diagonal Hessian
+(``adahessian_loss``) instead of taking the gradient sequence. The tree has non-square and square hidden kernels, a 4-D
 convolution kernel and a norm scale, in the Flax layout; the official side sees them transposed
 to PyTorch's (out, in) / (O, I, H, W) layout and grouped as jaxllm's labels group them (hidden
 kernels to the method, the rest to the class's Adam branch). Newton-Schulz runs in float32 on the
@@ -60,6 +63,7 @@ CASES = (
     ("spam_wd", "spam", "spam", {"weight_decay": 0.1}, 1e-3, SMALL, {}),
     ("lion", "lion", "lion", {}, 1e-4, SMALL, {}),
     ("sophia_g", "sophia", "sophia_g", {}, 6e-4, SMALL, {"hess_scale": 2e-2, "bs": 480}),
+    ("adahessian", "adahessian", "adahessian", {}, 0.15, SMALL, {}),
     ("frugal", "frugal", "frugal", {}, 1e-3, SMALL, {}),
     ("frugal_descending", "frugal", "frugal", {"block_order": "descending", "density": 0.5,
                                                "update_gap": 5}, 1e-3, SMALL, {}),
@@ -100,6 +104,27 @@ def gradient(seed: int, shapes, step: int, stream: int = 1, scale: float = GRAD_
     x = _spread_spectrum(rng, s) if len(s) == 2 else rng.standard_normal(s)
     out[k] = (scale * x).astype(np.float32)
   return out
+
+
+def adahessian_terms(seed: int, shapes) -> dict:
+  """Per leaf (a, w) of AdaHessian's loss: a in [1e-3, 1e-2] (gradients ~1e-4 at the 0.02-scale
+  weights), w ~ 1e-2 N(0, 1) (a rank-one Hessian part, so H v depends on the Rademacher v)."""
+  rng = np.random.default_rng([seed, 4])
+  return {k: (rng.uniform(1e-3, 1e-2, s).astype(np.float32),
+              (1e-2 * rng.standard_normal(s)).astype(np.float32)) for k, s in sorted(shapes.items())}
+
+
+def adahessian_loss(params: dict, terms: dict):
+  """sum over leaves of a . p^2 / 2 + (w . p)^2 / 2 (torch or jax arrays, matching layouts)."""
+  return sum(0.5 * (a * params[k] * params[k]).sum() + 0.5 * ((w * params[k]).sum()) ** 2
+             for k, (a, w) in terms.items())
+
+
+def rademacher(seed: int, shapes, step: int) -> dict:
+  """The Rademacher vectors of (1-based) ``step``, in the Flax layout."""
+  rng = np.random.default_rng([seed, 5, step])
+  return {k: rng.choice(np.array([-1.0, 1.0], np.float32), size=s)
+          for k, s in sorted(shapes.items())}
 
 
 def degenerate_axes(shape) -> tuple[bool, ...]:
@@ -207,6 +232,27 @@ def build(torch, package, roots, tparams, hidden, rest, hp, lr, extra, draws):
           p.grad = g_hat[id(p)]
         opt.update_hessian()
     return opt, hook
+  if package == "adahessian":
+    sys.path.insert(0, os.path.join(root, "image_classification"))
+    opt = importlib.import_module("optim_adahessian").Adahessian(hidden + rest, lr=lr)
+    params = dict(zip(draws["paths"], hidden + rest))
+    terms = {k: tuple(torch.from_numpy(to_torch_layout(x).copy()).to(params[k].dtype)
+                      for x in ab) for k, ab in draws["terms"].items()}
+    real = torch.randint_like
+
+    def hook(step):
+      # The official loop: gradients with create_graph, then step (H v from those gradients).
+      for p in params.values():
+        p.grad = None
+      adahessian_loss(params, terms).backward(create_graph=True)
+      signs = iter(draws["v"][step][k] for k in draws["paths"])
+      # 2 * randint(0, 2) - 1 is the official Rademacher draw; hand it the injected one.
+      torch.randint_like = lambda p, high: torch.from_numpy((next(signs) + 1.0) / 2.0).to(p.dtype)
+      try:
+        opt.step()
+      finally:
+        torch.randint_like = real
+    return opt, hook
   if package == "frugal":
     sys.path.insert(0, root)
     import torch.optim.optimizer as topt
@@ -247,6 +293,13 @@ def run_case(torch, case, roots, seed, dtype=None):
     for t in range(STEPS):
       g = gradient(seed, shapes, t + 1, stream=2, scale=extra["hess_scale"])
       draws["hess"][t] = {id(tparams[k]): tensor(to_torch_layout(g[k])) for k in paths}
+  if package == "adahessian":
+    order = [k for k in paths if is_hidden(k, shapes[k])] + [
+        k for k in paths if not is_hidden(k, shapes[k])]
+    draws["paths"] = order
+    draws["terms"] = adahessian_terms(seed, shapes)
+    draws["v"] = [{k: to_torch_layout(x) for k, x in rademacher(seed, shapes, t + 1).items()}
+                  for t in range(STEPS)]
   if package == "frugal":
     rng = np.random.default_rng([seed, 3])
     perms = [rng.permutation(len(hidden)) for _ in range(STEPS)]
@@ -254,9 +307,10 @@ def run_case(torch, case, roots, seed, dtype=None):
     arrays["draw/perms"] = np.stack(perms).astype(np.int32)
   opt, hook = build(torch, package, roots, tparams, hidden, rest, hp, lr, extra, draws)
   for t in range(STEPS):
-    g = gradient(seed, shapes, t + 1)
-    for k in paths:
-      tparams[k].grad = tensor(to_torch_layout(g[k]))
+    if package != "adahessian":  # AdaHessian differentiates its loss instead
+      g = gradient(seed, shapes, t + 1)
+      for k in paths:
+        tparams[k].grad = tensor(to_torch_layout(g[k]))
     if hook is None:
       opt.step()
     else:

@@ -21,11 +21,12 @@ import numpy as np
 import pytest
 
 from jaxllm import optim
-from jaxllm.optim import frugal, soap, sophia_g
+from jaxllm.optim import adahessian, frugal, soap, sophia_g
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = sorted(glob.glob(os.path.join(ROOT, "tests", "data", "optim", "*.npz")))
-DEFAULTS = ("galore", "fira", "cosmos", "muon", "soap", "spam", "lion", "sophia_g", "frugal")
+DEFAULTS = ("galore", "fira", "cosmos", "muon", "soap", "spam", "lion", "sophia_g", "adahessian",
+            "frugal")
 TOLERANCE = 1e-4
 
 _spec = importlib.util.spec_from_file_location(
@@ -47,6 +48,11 @@ def _nest(flat):
 
 def _flat(tree):
   return {"/".join(optim.labels.path_names(p)): np.asarray(x)
+          for p, x in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _flat_jnp(tree):
+  return {"/".join(optim.labels.path_names(p)): x
           for p, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
@@ -87,12 +93,27 @@ def replay(path, monkeypatch):
     bs = jnp.float32(meta["extra"]["bs"])
     update = jax.jit(lambda g, s, p, g_hat: opt.update(
         g, s, p, logits_fn=lambda _: (g_hat, bs)))
+  elif meta["optimizer"] == "adahessian":
+    terms = {k: tuple(jnp.asarray(x) for x in ab)
+             for k, ab in peer.adahessian_terms(seed, shapes).items()}
+    obj_fn = lambda p: peer.adahessian_loss(_flat_jnp(p), terms)
+    drawn = {}
+    # The step's Rademacher vectors are the injected ones, handed over at trace time.
+    monkeypatch.setattr(adahessian, "rademacher_like", lambda key, p: drawn["v"])
+
+    def update(g, s, p, v):
+      drawn["v"] = v
+      return opt.update(g, s, p, obj_fn=obj_fn)
+    update = jax.jit(update)
   else:
     update = jax.jit(opt.update)
   errors = {}
   for t in range(1, meta["steps"] + 1):
     grads = _nest(peer.gradient(seed, shapes, t))
-    if sophia:
+    if meta["optimizer"] == "adahessian":
+      grads = jax.grad(obj_fn)(params)
+      u, state = update(grads, state, params, _nest(peer.rademacher(seed, shapes, t)))
+    elif sophia:
       g_hat = _nest(peer.gradient(seed, shapes, t, stream=2, scale=meta["extra"]["hess_scale"]))
       u, state = update(grads, state, params, g_hat)
     else:

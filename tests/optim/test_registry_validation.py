@@ -1,5 +1,6 @@
 """optim.make rejects bad arguments up front with a ValueError naming the field."""
 
+import jax
 import jax.numpy as jnp
 import optax
 import pytest
@@ -49,3 +50,14 @@ def test_good_arguments_build():
   optim.make("muon", 0.02, other_learning_rate=schedule, ns_steps=3)
   optim.make("spam", 1e-3, density=0.5)
   optim.make("adafactor", 1e-3, momentum=0.9, weight_decay_mask=lambda p: p)
+
+
+def test_matrix_methods_run_on_a_tree_without_hidden_kernels():
+  # Only a norm scale, a bias and a 4-D kernel: everything goes to the Adam branch.
+  params = {"conv": {"kernel": jnp.ones((3, 3, 2, 4))}, "final_norm": {"scale": jnp.ones(4)},
+            "out": {"bias": jnp.zeros(4)}}
+  grads = jax.tree.map(lambda x: 1e-3 * jnp.ones_like(x), params)
+  for name in ("galore", "fira", "muon", "cosmos", "frugal"):
+    opt = optim.make(name, 1e-3)
+    u, _ = opt.update(grads, opt.init(params), params)
+    assert all(float(jnp.max(jnp.abs(x))) > 0 for x in jax.tree.leaves(u)), name
