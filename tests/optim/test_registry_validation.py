@@ -61,3 +61,14 @@ def test_matrix_methods_run_on_a_tree_without_hidden_kernels():
     opt = optim.make(name, 1e-3)
     u, _ = opt.update(grads, opt.init(params), params)
     assert all(float(jnp.max(jnp.abs(x))) > 0 for x in jax.tree.leaves(u)), name
+
+
+@pytest.mark.parametrize("kw,field", [
+    (dict(peak=-1e-3), "learning_rate"), (dict(peak="1e-3"), "learning_rate"),
+    (dict(peak=[1e-3]), "learning_rate"), (dict(final_fraction=2.0), "final_fraction"),
+    (dict(warmup_steps="10"), "warmup_steps"), (dict(total_steps=10.5), "total_steps"),
+    (dict(warmup_steps=200), "warmup_steps")])
+def test_bad_schedule_argument_is_a_value_error_naming_the_field(kw, field):
+  args = dict(peak=1e-3, total_steps=100, warmup_steps=10) | kw
+  with pytest.raises(ValueError, match=field):
+    optim.make_schedule("cosine", **args)
