@@ -59,8 +59,10 @@ CASES = (
     ("cosmos", "cosmos", "cosmos", {}, 1e-3, WIDE, {"float64_noise": True}),
     ("muon", "muon", "muon", {}, 2e-2, SMALL, {}),
     ("soap", "soap", "soap", {}, 3e-3, SMALL, {}),
+    ("soap_wd", "soap", "soap", {"weight_decay": 0.1}, 1e-2, SMALL, {}),
     ("spam", "spam", "spam", {}, 1e-3, SMALL, {}),
-    ("spam_wd", "spam", "spam", {"weight_decay": 0.1}, 1e-3, SMALL, {}),
+    # lr wd = 1e-3: the decay order (before or after the step) moves the result by about that.
+    ("spam_wd", "spam", "spam", {"weight_decay": 0.1}, 1e-2, SMALL, {}),
     ("lion", "lion", "lion", {}, 1e-4, SMALL, {}),
     ("sophia_g", "sophia", "sophia_g", {}, 6e-4, SMALL, {"hess_scale": 2e-2, "bs": 480}),
     ("adahessian", "adahessian", "adahessian", {}, 0.15, SMALL, {}),
@@ -207,7 +209,8 @@ def build(torch, package, roots, tparams, hidden, rest, hp, lr, extra, draws):
                                             dict(params=rest, use_muon=False)]), None
   if package == "soap":
     sys.path.insert(0, root)
-    return importlib.import_module("soap").SOAP(hidden + rest, lr=lr), None
+    return importlib.import_module("soap").SOAP(
+        hidden + rest, lr=lr, weight_decay=hp.get("weight_decay", 0.01)), None
   if package == "spam":
     _package("galore_torch", os.path.join(root, "galore_torch"))
     mod = importlib.import_module("galore_torch.SPAM")
