@@ -12,17 +12,19 @@ nikhilvyas/SOAP, TianjinYellow/SPAM-Optimizer, lucidrains/lion-pytorch, Liuhong9
 amirgholami/adahessian, the FRUGAL repository with its ``frugal`` package); give only the ones to
 (re)write.
 
-For every case the parameters and the gradient sequence come from a seeded NumPy generator
-(``initial_params``, ``gradient``: gradients at 1e-4 scale), so the fixture stores only the seed,
-the injected random draws (FRUGAL's block choice, Sophia-G's sampled-label gradients,
-AdaHessian's Rademacher vectors, SOAP's arbitrary null-space eigenbasis) and the official
-parameters after a few steps. AdaHessian differentiates a fixed loss with a non-diagonal Hessian
-(``adahessian_loss``) instead of taking the gradient sequence. The tree has non-square and square hidden kernels, a 4-D
-convolution kernel and a norm scale, in the Flax layout; the official side sees them transposed
-to PyTorch's (out, in) / (O, I, H, W) layout and grouped as jaxllm's labels group them (hidden
-kernels to the method, the rest to the class's Adam branch). Newton-Schulz runs in float32 on the
-official side too (the official Muon and COSMOS cast to bfloat16; the patch replaces only that
-cast), so the comparison is at float32 precision.
+For every case the parameters, the gradient sequence and the random draws injected into both sides
+(Sophia-G's sampled-label gradients, AdaHessian's Rademacher vectors, FRUGAL's block
+permutations) come from seeded NumPy generators (``initial_params``, ``gradient``: gradients at
+1e-4 scale), so a fixture stores the seed, the official parameters after a few steps and only the
+draws the replay cannot regenerate: FRUGAL's permutations and SOAP's set-up eigenbasis (whose
+null-space part is arbitrary for a non-square gradient). AdaHessian differentiates a fixed loss
+with a non-diagonal Hessian (``adahessian_loss``) instead of taking the gradient sequence.
+
+The tree has non-square and square hidden kernels, a 4-D convolution kernel and a norm scale, in
+the Flax layout; the official side sees them transposed to PyTorch's (out, in) / (O, I, H, W)
+layout and grouped as jaxllm's labels group them (hidden kernels to the method, the rest to the
+class's Adam branch). Newton-Schulz runs at the parameters' precision on the official side too
+(the official Muon and COSMOS cast to bfloat16; the patch replaces only that cast).
 """
 
 import argparse
@@ -113,7 +115,8 @@ def adahessian_terms(seed: int, shapes) -> dict:
   weights), w ~ 1e-2 N(0, 1) (a rank-one Hessian part, so H v depends on the Rademacher v)."""
   rng = np.random.default_rng([seed, 4])
   return {k: (rng.uniform(1e-3, 1e-2, s).astype(np.float32),
-              (1e-2 * rng.standard_normal(s)).astype(np.float32)) for k, s in sorted(shapes.items())}
+              (1e-2 * rng.standard_normal(s)).astype(np.float32))
+          for k, s in sorted(shapes.items())}
 
 
 def adahessian_loss(params: dict, terms: dict):

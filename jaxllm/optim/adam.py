@@ -53,14 +53,14 @@ class ScheduleCountState(NamedTuple):
   count: jax.Array
 
 
-def scale_by_lr_then_decay(learning_rate, weight_decay: float = 0.0, skip_first: bool = False,
-                           mask=None) -> optax.GradientTransformation:
+def scale_by_lr_then_decay(learning_rate, weight_decay: float = 0.0,
+                           skip_first: bool = False) -> optax.GradientTransformation:
   """-lr * u followed by decay of the stepped weights: p + dp = (p - lr u) (1 - lr wd).
 
   Replaces ``add_decayed_weights`` + ``scale_by_learning_rate`` for the methods whose official
   code decays after the step. ``skip_first``: no decay on the first call (SOAP's set-up step,
-  which leaves the weights untouched). ``mask``: as in optax (a tree or a function of params).
-  A step counter is kept only when it is needed (a schedule or ``skip_first``).
+  which leaves the weights untouched). A step counter is kept only when it is needed (a schedule
+  or ``skip_first``).
   """
   counted = callable(learning_rate) or skip_first
 
@@ -76,11 +76,8 @@ def scale_by_lr_then_decay(learning_rate, weight_decay: float = 0.0, skip_first:
       if params is None:
         raise ValueError("weight decay needs the params passed to update")
       wd = jnp.where(count == 0, 0.0, weight_decay) if skip_first else weight_decay
-      on = mask(params) if callable(mask) else mask
-      on = jax.tree.map(lambda _: True, params) if on is None else on
-      stepped = jax.tree.map(
-          lambda s, p, m: (s - lr * wd * (p + s)).astype(s.dtype) if m else s,
-          stepped, params, on)
+      stepped = jax.tree.map(lambda s, p: (s - lr * wd * (p + s)).astype(s.dtype), stepped,
+                             params)
     return stepped, (ScheduleCountState(count + 1) if counted else state)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -224,8 +224,8 @@ def _check_hparam(optimizer: str, field: str, value, default):
     if value is not None:
       _check_rate(field, value, optimizer)
     return
-  if field.endswith("_mask") or not (default is None or isinstance(default, (bool, int, float,
-                                                                               str))):
+  if field.endswith("_mask") or not (
+      default is None or isinstance(default, (bool, int, float, str))):
     return
   if isinstance(default, bool):
     if not isinstance(value, (bool, np.bool_)):
