@@ -3,7 +3,7 @@
 Every step: v ~ Rademacher, D = |H v| (= |v * H v|, the Hutchinson diagonal estimate up to sign),
 averaged over the two spatial axes for 4-D (conv, Flax HWIO) kernels; m = EMA_b1(g),
 s = EMA_b2(D^2), update = (m / bc1) / ((sqrt(s / bc2))^k + eps) with hessian power k.
-Defaults from the paper: lr 0.15, b = (0.9, 0.999), eps 1e-4, k = 1.
+Defaults: the official ``Adahessian`` class (lr 0.15, b = (0.9, 0.999), eps 1e-4, k = 1, wd 0).
 
 Needs ``obj_fn`` (params -> scalar loss on the current batch) to form H v with one
 forward-over-reverse product.

@@ -4,12 +4,14 @@ For each hidden kernel G (projector P refreshed from the SVD of G every ``update
 steps, shorter side, see ``lowrank``; Adam moments are kept across refreshes, as in GaLore):
   R = P^T G (or G P),  psi(R) = m / (sqrt(v) + eps)  (Adam in the r-dim space)
   phi_j = ||psi(R)_j|| / (||R_j|| + 1e-8)             (per index j of the unprojected axis)
-  S = (G - P R) * phi                                  (residual, scaled per column/row)
+  S = (G - alpha P R) * phi                            (residual, scaled per column/row)
   limiter: if ||S_t|| > gamma ||S_{t-1}|| then S_t <- S_t * gamma ||S_{t-1}|| / ||S_t||, where
            ||S_{t-1}|| is the norm after limiting (gamma = 1.01)
   update = sqrt(bc2) / bc1 * (alpha * P psi(R) + S)
-The residual is G - P R as in the paper; the public code subtracts alpha * P R instead (the same
-thing when alpha = 1).
+The residual subtracts alpha P R as the official ``FiraAdamW`` does (the paper writes G - P R; the
+two agree at alpha = 1). eps is added before the bias correction, as there. Defaults follow the
+published pre-training script (rank 128, gap 200, alpha 0.25) and the class (b = (0.9, 0.999),
+eps 1e-6, limiter 1.01).
 """
 
 from typing import NamedTuple
@@ -67,7 +69,7 @@ def scale_by_fira(rank: int = 128, update_proj_gap: int = 200, alpha: float = 0.
       ax = lowrank.rank_axis(g.shape)
       phi = (jnp.linalg.norm(psi, axis=ax, keepdims=True)
              / (jnp.linalg.norm(r, axis=ax, keepdims=True) + 1e-8))
-      s = (g32 - lowrank.project_back(r, p, g.shape)) * phi
+      s = (g32 - alpha * lowrank.project_back(r, p, g.shape)) * phi
       n = jnp.linalg.norm(s)
       lim = jnp.where(first, 1.0, jnp.maximum(n / (prev + 1e-8), limiter) / limiter)
       s = s / lim

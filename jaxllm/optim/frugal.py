@@ -4,8 +4,12 @@ Variants (``variant``):
   * ``svd``: per hidden kernel, P = top-r singular vectors of G on the shorter side (``lowrank``),
     r = max(1, round(density * shorter side)); Adam on R = P^T G (or G P), residual G - P R;
   * ``random``: the same with a random semi-orthogonal P (QR of a Gaussian matrix);
-  * ``block``: whole tensors: a random ``density`` fraction of the hidden kernels get Adam, the rest
-    only the state-free rule.
+  * ``block``: whole tensors: round(density * n) of the n hidden kernels get Adam (Python's
+    round, as the official ``BlockOptimizer``: 0 blocks for 2 kernels at density 0.25), the rest
+    only the state-free rule. ``block_order``: ``random`` (the class default: a random subset at
+    each refresh), ``ascending`` / ``descending`` (consecutive blocks in leaf order, cycling; the
+    published pre-training script passes ``descending``). Leaf order is the flattened parameter
+    tree's.
 The subspace is re-chosen every ``update_gap`` steps and the Adam statistics (and their bias
 correction count) restart then. The residual gets signSGD (``residual="signsgd"``, the default) or
 plain SGD (``residual="sgd"``), scaled by ``residual_scale`` relative to the learning rate.
@@ -23,6 +27,7 @@ from jaxllm.optim import lowrank, tree
 
 VARIANTS = ("svd", "random", "block")
 RESIDUALS = ("signsgd", "sgd")
+BLOCK_ORDERS = ("random", "ascending", "descending")
 
 
 class FrugalState(NamedTuple):
@@ -37,31 +42,53 @@ def frugal_rank(shape, density: float) -> int:
   return max(1, int(round(density * min(shape[0], shape[1]))))
 
 
+def n_active_blocks(n: int, density: float) -> int:
+  return round(n * density)
+
+
 def _block_flags(key, n: int, density: float) -> jax.Array:
-  n_active = max(1, int(round(density * n)))
-  return jnp.argsort(jax.random.uniform(key, (n,))) < n_active
+  return jnp.argsort(jax.random.uniform(key, (n,))) < n_active_blocks(n, density)
+
+
+def _ordered_flags(refresh_index, n: int, density: float, descending: bool) -> jax.Array:
+  """Blocks start, start +- 1, ... (mod n) with start advancing by the block count per refresh."""
+  k = n_active_blocks(n, density)
+  if descending:
+    idx = (n - 1 - refresh_index * k - jnp.arange(k)) % n
+  else:
+    idx = (refresh_index * k + jnp.arange(k)) % n
+  return jnp.zeros((n,), jnp.bool_).at[idx].set(True)
 
 
 def scale_by_frugal(variant: str = "block", density: float = 0.25, update_gap: int = 200,
                     residual: str = "signsgd", residual_scale: float = 1.0, b1: float = 0.9,
-                    b2: float = 0.999, eps: float = 1e-8,
-                    seed: int = 0) -> optax.GradientTransformation:
+                    b2: float = 0.999, eps: float = 1e-8, seed: int = 0,
+                    block_order: str = "random") -> optax.GradientTransformation:
   """FRUGAL's update direction for 2-D leaves (before learning rate and weight decay)."""
   if variant not in VARIANTS:
     raise ValueError(f"frugal variant must be one of {list(VARIANTS)}, got {variant!r}")
   if residual not in RESIDUALS:
     raise ValueError(f"frugal residual must be one of {list(RESIDUALS)}, got {residual!r}")
+  if block_order not in BLOCK_ORDERS:
+    raise ValueError(f"frugal block_order must be one of {list(BLOCK_ORDERS)}, got {block_order!r}")
   if not 0.0 < density <= 1.0:
     raise ValueError(f"frugal density must be in (0, 1], got {density}")
+  if update_gap < 1:
+    raise ValueError(f"frugal update_gap must be >= 1, got {update_gap}")
   block = variant == "block"
 
   def state_shape(x):
     return x.shape if block else lowrank.lowrank_shape(x.shape, frugal_rank(x.shape, density))
 
-  def choose(key, like):
+  def choose(key, like, refresh_index):
     leaves, treedef = jax.tree.flatten(like)
     if block:
-      flags = _block_flags(key, len(leaves), density) if leaves else []
+      if not leaves:
+        flags = []
+      elif block_order == "random":
+        flags = _block_flags(key, len(leaves), density)
+      else:
+        flags = _ordered_flags(refresh_index, len(leaves), density, block_order == "descending")
       return jax.tree.unflatten(treedef, [flags[i] for i in range(len(leaves))])
     keys = jax.random.split(key, max(len(leaves), 1))
     if variant == "random":
@@ -92,7 +119,8 @@ def scale_by_frugal(variant: str = "block", density: float = 0.25, update_gap: i
     refresh = state.count % update_gap == 0
     key, sub = jax.random.split(state.key)
     g32 = jax.tree.map(lambda g: g.astype(jnp.float32), updates)
-    proj = jax.lax.cond(refresh, lambda: choose(sub, g32), lambda: state.proj)
+    proj = jax.lax.cond(refresh, lambda: choose(sub, g32, state.count // update_gap),
+                        lambda: state.proj)
     k = (state.count % update_gap + 1).astype(jnp.float32)
     bc1, bc2 = 1.0 - b1 ** k, 1.0 - b2 ** k
 

@@ -7,10 +7,11 @@ hidden kernel of shape (a, b) = (in, out) with rank r, bytes per float32 entry =
   adam, adamw, sophia_g, adahessian        2 a b
   spam                                      2 a b (+ a 4-byte scalar marking the leaf dense)
   lion, muon, sgd with momentum             a b
+  soap's decay step                         + one step counter (set-up call, schedule)
   sophia_h                                  2 a b (+ one PRNG key)
   adafactor                                 a + b when both >= 128, else a b
   spam, sparse momentum                     3 k, k = int(density a b) (m, v, int32 indices)
-  galore (optax)                            long * r + 2 r * short (projector on the longer side)
+  galore                                    short * r + 2 r * long + 4 (one step counter)
   fira                                      short * r + 2 r * long + 1 (limiter norm)
   frugal svd / random                       short * r + 2 r * long, r = round(density * short)
   frugal block                              2 a b + 1 (active flag, 1 byte)
@@ -80,18 +81,13 @@ def _adafactor(leaves, hp):
   return total
 
 
-def _galore_leaf(shape, itemsize, rank):
-  # optax projects the longer side when in >= out (projector (long, r), moments (r, short)).
-  a, b = shape
-  r = min(rank, a, b)
-  proj = (a if a >= b else b) * r
-  low = r * (b if a >= b else a)
-  return itemsize * (proj + 2 * low)
+def _galore_leaf(shape, rank):
+  return _F32 * (_numel(lowrank.projector_shape(shape, rank))
+                 + 2 * _numel(lowrank.lowrank_shape(shape, rank)))
 
 
 def _fira_leaf(shape, rank):
-  return _F32 * (_numel(lowrank.projector_shape(shape, rank))
-                 + 2 * _numel(lowrank.lowrank_shape(shape, rank)) + 1)
+  return _galore_leaf(shape, rank) + _F32
 
 
 def _frugal_leaf(shape, hp):
@@ -154,9 +150,9 @@ def _formula(name, leaves, hp):
     return _spam_bytes(hidden, density) + _spam_bytes(rest, None), 2
   if name == "galore":
     rank = hp.get("rank", 128)
-    return _matrix_bytes(leaves, 2 * _COUNT, lambda s, b: _galore_leaf(s, b, rank)), 2
+    return _matrix_bytes(leaves, _COUNT, lambda s, b: _galore_leaf(s, rank)), 2
   if name == "muon":
-    return _matrix_bytes(leaves, _COUNT + 3 * _F32, lambda s, b: _numel(s) * b), 2
+    return _matrix_bytes(leaves, 0, lambda s, b: _F32 * _numel(s)), 2
   if name == "fira":
     rank = hp.get("rank", 128)
     return _matrix_bytes(leaves, _COUNT, lambda s, b: _fira_leaf(s, rank)), 2
@@ -167,7 +163,8 @@ def _formula(name, leaves, hp):
     return _matrix_bytes(leaves, _COUNT, lambda s, b: _cosmos_leaf(s, rank)), 2
   if name == "soap":
     max_dim = hp.get("max_precond_dim", 10000)
-    return _COUNT + sum(_soap_leaf(s, max_dim) for _, s, _ in leaves), 1
+    # Its decay step keeps a counter (no decay on the set-up call), shared with a schedule.
+    return 2 * _COUNT + sum(_soap_leaf(s, max_dim) for _, s, _ in leaves), 0
   if name in ("zo_sgd", "zo_sign", "forward_grad"):
     return _KEY, 1
   if name == "zo_sgd_momentum":
@@ -184,8 +181,8 @@ def state_bytes(name: str, params, learning_rate=1e-3, **hparams) -> int:
   """
   hparams.pop("grad_clip", None)
   total, n_lr = _formula(name, _leaves(params), hparams)
-  other = hparams.get("other_learning_rate")
-  lrs = [learning_rate] if n_lr == 1 else [learning_rate, learning_rate if other is None else other]
+  other = hparams.get("other_learning_rate", 3e-4 if name == "muon" else None)
+  lrs = ([], [learning_rate], [learning_rate, learning_rate if other is None else other])[n_lr]
   return total + sum(_COUNT for lr in lrs if callable(lr))
 
 

@@ -1,5 +1,8 @@
 """Learning-rate schedules by name."""
 
+import math
+import numbers
+
 import optax
 
 SCHEDULES = ("constant", "cosine", "linear", "wsd")
@@ -9,8 +12,17 @@ def make_schedule(name: str, *, peak: float, total_steps: int, warmup_steps: int
                   final_fraction: float = 0.1, decay_fraction: float = 0.2) -> optax.Schedule:
   """Warmup then ``constant``, ``cosine`` or ``linear`` decay to ``final_fraction * peak``;
   ``wsd`` = warmup-stable-decay with the last ``decay_fraction`` of steps decaying linearly."""
-  if name not in SCHEDULES:
+  if not isinstance(name, str) or name not in SCHEDULES:
     raise ValueError(f"unknown schedule {name!r}; valid: {list(SCHEDULES)}")
+  for field, value, low, high in (("learning_rate", peak, 0.0, math.inf),
+                                  ("final_fraction", final_fraction, 0.0, 1.0),
+                                  ("decay_fraction", decay_fraction, 0.0, 1.0)):
+    if (isinstance(value, bool) or not isinstance(value, numbers.Real)
+        or not low <= float(value) <= high):
+      raise ValueError(f"schedule {field} must be a number in [{low}, {high}], got {value!r}")
+  for field, value in (("total_steps", total_steps), ("warmup_steps", warmup_steps)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+      raise ValueError(f"schedule {field} must be an integer, got {value!r}")
   if warmup_steps < 0 or warmup_steps > total_steps:
     raise ValueError(
         f"schedule warmup_steps={warmup_steps} must be in [0, total_steps={total_steps}]")

@@ -11,7 +11,9 @@ R = G^T G) and an orthonormal basis Q_i. With rotate(X) = X multiplied by Q_i^T 
               refreshed by one power iteration + QR, with Q's columns and v re-sorted by the
               estimated eigenvalues diag(Q^T GG Q).
 Leaves of rank < 2 (and axes above ``max_precond_dim``) are not rotated, so they get plain Adam.
-Defaults from the paper: lr 3e-3, b = (0.95, 0.95), shampoo_b = b2, eps 1e-8, wd 0.01, f = 10.
+Defaults are the official ``SOAP`` class's: lr 3e-3, b = (0.95, 0.95), shampoo_b = b2, eps 1e-8,
+wd 0.01, f = 10. As there, the registry decays the weights after the step and not at all on the
+set-up call (``adam.scale_by_lr_then_decay``).
 """
 
 from typing import NamedTuple

@@ -101,7 +101,11 @@ def scale_by_sophia_g(b1: float = 0.965, b2: float = 0.99, rho: float = 0.05,
 def sophia_g(learning_rate, b1: float = 0.965, b2: float = 0.99, rho: float = 0.05,
              weight_decay: float = 0.2, update_interval: int = 10, hess_clip: float | None = 1.0,
              batch_tokens: float | None = None, seed: int = 0):
-  """Sophia-G with decoupled weight decay on rank>=2 leaves (GPT-2 small: lr 6e-4, wd 0.2)."""
+  """Sophia-G with decoupled weight decay on rank>=2 leaves.
+
+  Defaults follow the published GPT-2 small script (lr 6e-4, rho 0.05, wd 0.2), not the
+  ``SophiaG`` class (rho 0.04, wd 0.1); betas (0.965, 0.99) and k = 10 are both's.
+  """
   return optax.chain(
       scale_by_sophia_g(b1, b2, rho, update_interval, hess_clip, batch_tokens=batch_tokens,
                         seed=seed),

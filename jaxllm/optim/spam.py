@@ -9,12 +9,15 @@ Step t (0-based; c = t + 1):
   * Adam with bias correction, then the update is scaled by a cosine ramp from 0.01 to 1 over
     ``warmup`` steps after each reset: s = steps since the reset, scale = 1 - 0.99 (1 + cos(pi s /
     (warmup + 1))) / 2 for s < warmup, else 1. Training starts with scale 1 (no reset yet).
-The public training script passes the LR warmup length as the post-reset ramp length; here it is
-its own hyperparameter with the paper's value (150).
+The public training script passes the LR warmup length (1000 by default) as the post-reset ramp
+length; here it is its own hyperparameter with the paper's and the ``SPAM`` class's value (150).
+Weight decay is decoupled and applied to the stepped weights, as in the official class.
 
 Sparse momentum (``density``): for 2-D leaves, m and v live on a random subset of
 ``int(density * size)`` entries (a fixed count so shapes are static; the public code draws a
-Bernoulli mask), re-drawn at every reset; entries outside the subset get no update.
+Bernoulli mask), re-drawn at every reset; entries outside the subset get no update. The official
+sparse branch's weight decay writes into a copy of the masked entries and so never decays; here
+weight decay applies to the whole leaf, as in the dense case.
 """
 
 from typing import NamedTuple
@@ -24,6 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxllm.optim import tree
+from jaxllm.optim.adam import scale_by_lr_then_decay
 
 
 class SpamState(NamedTuple):
@@ -116,8 +120,7 @@ def spam(learning_rate, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-6,
          weight_decay: float = 0.0, theta: float = 5000.0, reset_interval: int = 500,
          clip_skip: int = 20, warmup: int = 150, density: float | None = None,
          seed: int = 0) -> optax.GradientTransformation:
-  """SPAM (lr 1e-3, b = (0.9, 0.999), eps 1e-6, theta 5000, dT 500, warmup 150 in the paper)."""
+  """SPAM (lr 1e-3, b = (0.9, 0.999), eps 1e-6, theta 5000, dT 500, warmup 150: the class)."""
   return optax.chain(
       scale_by_spam(b1, b2, eps, theta, reset_interval, clip_skip, warmup, density, seed),
-      optax.add_decayed_weights(weight_decay),
-      optax.scale_by_learning_rate(learning_rate))
+      scale_by_lr_then_decay(learning_rate, weight_decay))

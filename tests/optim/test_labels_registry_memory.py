@@ -10,7 +10,7 @@ from flax import nnx
 from jaxllm import optim
 from jaxllm.models import config as model_config
 from jaxllm.models import transformer
-from jaxllm.optim import labels, memory
+from jaxllm.optim import adam, labels, memory
 
 MATRIX_METHODS = ("galore", "muon", "fira", "frugal", "cosmos")
 
@@ -60,14 +60,16 @@ def small_lm_params():
 
 
 @pytest.mark.parametrize("name", MATRIX_METHODS)
-def test_matrix_methods_give_non_hidden_leaves_plain_adamw(name):
+def test_matrix_methods_give_non_hidden_leaves_their_official_adam_branch(name):
   params = small_lm_params()
   lr = 1e-3
-  opt = optim.make(name, lr, weight_decay=0.0)
-  ref = optax.adamw(lr, b1=0.9, b2=0.999 if name != "cosmos" else 0.96,
-                    eps={"galore": 1e-6, "fira": 1e-6}.get(name, 1e-8), weight_decay=0.0)
-  if name == "muon":
-    ref = optax.adamw(lr, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.0)
+  opt = optim.make(name, lr, weight_decay=0.1)
+  if name in ("galore", "fira"):  # transformers-style AdamW: eps inside, decay after the step
+    ref = adam.hf_adamw(lr, b1=0.9, b2=0.999, eps=1e-6, weight_decay=0.1)
+  elif name == "muon":  # MuonWithAuxAdam's defaults; its weight decay is Muon's only
+    ref = optax.adamw(3e-4, b1=0.9, b2=0.95, eps=1e-10, weight_decay=0.0)
+  else:
+    ref = optax.adamw(lr, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.1)
   grads = jax.tree.map(lambda x: jnp.cos(3.0 * x), params)
   u, _ = jax.jit(opt.update)(grads, opt.init(params), params)
   u_ref, _ = ref.update(grads, ref.init(params), params)
@@ -85,7 +87,7 @@ def test_registry_names_errors_and_extra_args():
     assert n in optim.NAMES
   with pytest.raises(ValueError, match="valid"):
     optim.make("adamm", 1e-3)
-  with pytest.raises(ValueError, match="bad hyperparameters"):
+  with pytest.raises(ValueError, match="unknown hyperparameter 'rnak'"):
     optim.make("fira", 1e-3, rnak=4)
   with pytest.raises(ValueError, match="variant"):
     optim.make("frugal", 1e-3, variant="rows")
@@ -115,7 +117,9 @@ def test_memory_per_matrix_formulas():
   assert memory.state_bytes("adamw", w) == 4 + 8 * a * b
   assert memory.state_bytes("fira", w, rank=16) == 4 + 4 * (a * 16 + 2 * 16 * b + 1) + 4
   assert memory.state_bytes("cosmos", w, rank=8) == 4 + 4 * (a * b + a * 8 + b * 8 + 64) + 4
-  assert memory.state_bytes("soap", w) == 4 + 4 * (2 * a * b + 2 * (a * a + b * b))
+  assert memory.state_bytes("soap", w) == 8 + 4 * (2 * a * b + 2 * (a * a + b * b))
+  assert memory.state_bytes("galore", w, rank=16) == 4 + 4 * (a * 16 + 2 * 16 * b) + 4
+  assert memory.state_bytes("muon", w) == 4 * a * b + 4
   assert memory.state_bytes("frugal", w, variant="svd") == 12 + 4 * (a * 16 + 2 * 16 * b) + 4
   assert memory.state_bytes("zo_sgd", w) == 8
 

@@ -38,7 +38,7 @@ def _fira_reference(g, p, m, v, prev, t, alpha, b1, b2, eps, gamma):
   phi = np.linalg.norm(psi, axis=ax, keepdims=True) / (np.linalg.norm(r, axis=ax, keepdims=True)
                                                        + 1e-8)
   back = (lambda x: p @ x) if left else (lambda x: x @ p.T)
-  s = (g - back(r)) * phi
+  s = (g - alpha * back(r)) * phi
   n = np.linalg.norm(s)
   limited = prev is not None and n > gamma * prev
   if limited:

@@ -33,7 +33,8 @@ def _reference(grads, lr, b1, b2, eps, theta, dt, skip, warmup, wd, w0):
     else:
       scale = 1.0
     step = lr * np.sqrt(1 - b2 ** c) / (1 - b1 ** c)
-    upd = -step * scale * m / (np.sqrt(v) + eps) - lr * wd * w
+    stepped = -step * scale * m / (np.sqrt(v) + eps)
+    upd = stepped - lr * wd * (w + stepped)  # the official class decays the stepped weights
     w = w + upd
     out.append(upd)
   return out
