@@ -85,7 +85,6 @@ def _fit_heads(x, name, b, h, hkv):
 
 def _fit_table(table: masks.BlockTable, b, t, s, h, hkv) -> masks.BlockTable:
   """Checks the table against q [B, T, H, D] and k [B, S, K, D]; broadcasts it to [B, H]."""
-  masks.check_block_sizes(table.block_q, table.block_k)
   nq, nk = masks.num_blocks(t, table.block_q), masks.num_blocks(s, table.block_k)
   idx, cnt = table.kv_idx, table.kv_cnt
   if idx.ndim != 4 or cnt.ndim != 3 or idx.shape[:3] != cnt.shape or idx.shape[3] < 1:
@@ -145,14 +144,15 @@ def block_sparse_attention(q, k, v, mask, *, causal=True, scale=None, window=Non
   _check_inputs(q, k, v)
   b, t, h, d = q.shape
   s, hkv = k.shape[1], k.shape[2]
-  table = _fit_table(mask.table if isinstance(mask, masks.VerticalSlash) else mask,
-                     b, t, s, h, hkv)
+  table = mask.table if isinstance(mask, masks.VerticalSlash) else mask
+  masks.check_block_sizes(table.block_q, table.block_k)
   platform, interpret = common.choose(
       "block-sparse attention", impl, interpret,
       fits=lambda p: IMPLEMENTATIONS[_by_platform(p)].blocks_fit(table.block_q, table.block_k))
   name = "xla" if platform is None else _by_platform(platform)
   backend = IMPLEMENTATIONS[name]
   backend.check_block_sizes(table.block_q, table.block_k)
+  table = _fit_table(table, b, t, s, h, hkv)
   if name == "triton" and table.q_idx is None:
     table = masks.with_transpose(table, s)
   opts = dict(causal=bool(causal), scale=d ** -0.5 if scale is None else float(scale),

@@ -40,4 +40,11 @@ def running(platform, mode):
 def impl_modes(platform, *, xla_marks=()):
   """(impl, mode) parameters: the xla path once, then ``platform``'s kernel in both modes."""
   return [pytest.param("xla", "interpret", id="xla", marks=list(xla_marks))] + [
-      pytest.param("pallas", m.values[0], id=m.id, marks=m.marks) for m in modes(platform)]
+      pytest.param("pallas", *p.values[1:], id=p.id, marks=p.marks)
+      for p in platform_modes(platform)]
+
+
+def platform_modes(*platforms):
+  """(platform, mode) parameters: every platform's kernel in both modes."""
+  return [pytest.param(p, m.values[0], id=m.id, marks=m.marks) for p in platforms
+          for m in modes(p)]
