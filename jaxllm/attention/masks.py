@@ -1,4 +1,8 @@
-"""Position-based visibility rules shared by the attention references."""
+"""The one visibility rule of every attention reference, kernel mask, gather path and decode step.
+
+Queries are the last T of the S key positions (query row t sits at position ``t + S - T``), so
+prefill (T == S), chunked prefill onto a cache (T < S) and decode (T == 1) share one convention.
+"""
 
 import jax.numpy as jnp
 
@@ -10,21 +14,47 @@ def positions(t: int, s: int):
   return q_pos, k_pos
 
 
-def visible(q_pos, k_pos, *, causal: bool, window: int | None = None, sinks: int = 0):
-  """Boolean [T, S] mask: True where query i may attend key j.
+def visible_pairs(q_pos, k_pos, *, causal: bool, window: int | None = None, sinks: int = 0):
+  """True where the query at ``q_pos`` may attend the key at ``k_pos`` (arrays broadcast).
 
   ``window`` w keeps keys with q - w < k <= q (causal) or |q - k| < w (bidirectional);
-  ``sinks`` n always keeps the first n keys that are not in the future.
+  ``sinks`` n always keeps the first n keys that are not in the future. ``sinks`` only act with
+  a window (without one every past key is visible anyway).
+
+  Written with comparisons and ``&`` / ``|`` only, so Pallas kernels (Triton and Mosaic) can call
+  it on iota tiles.
   """
-  q = q_pos[:, None]
-  k = k_pos[None, :]
-  ok = jnp.ones((q_pos.shape[0], k_pos.shape[0]), bool)
+  ok = None
   if causal:
-    ok &= k <= q
+    ok = k_pos <= q_pos
   if window is not None:
-    near = (q - k < window) if causal else (jnp.abs(q - k) < window)
-    sink = k < sinks
-    if causal:
-      sink &= k <= q
-    ok &= near | sink
+    diff = q_pos - k_pos
+    near = diff < window if causal else (diff < window) & (-diff < window)
+    band = near | (k_pos < sinks)
+    ok = band if ok is None else ok & band
+  if ok is None:
+    return jnp.ones(jnp.broadcast_shapes(jnp.shape(q_pos), jnp.shape(k_pos)), bool)
+  return ok
+
+
+def visible(q_pos, k_pos, *, causal: bool, window: int | None = None, sinks: int = 0):
+  """Boolean [T, S] mask of 1-D query and key positions: True where query i may attend key j."""
+  return visible_pairs(q_pos[:, None], k_pos[None, :], causal=causal, window=window, sinks=sinks)
+
+
+def span_visible(q_lo, q_hi, k_lo, k_hi, *, causal: bool, window: int | None = None,
+                 sinks: int = 0):
+  """Whether :func:`visible_pairs` holds for every query in [q_lo, q_hi] and key in [k_lo, k_hi].
+
+  Block-sparse kernels skip the element mask on such (full) blocks. Plain arithmetic, so it runs
+  on traced scalars inside kernels and on index arrays alike.
+  """
+  ok = k_hi <= q_lo if causal else k_hi == k_hi
+  if window is not None:
+    # Keys below ``sinks`` are always kept; the rest must sit inside the window of every query.
+    rest_lo = jnp.maximum(k_lo, sinks)
+    near = q_hi - rest_lo < window
+    if not causal:
+      near &= k_hi - q_lo < window
+    ok &= (k_hi < sinks) | near
   return ok

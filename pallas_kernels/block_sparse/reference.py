@@ -6,21 +6,8 @@ path in ``xla.py`` is the one to run at long T.
 
 import jax.numpy as jnp
 
+from jaxllm.attention import masks as rules
 from pallas_kernels.block_sparse import masks
-
-
-def position_mask(q_pos, k_pos, *, causal: bool, window: int | None, sinks: int):
-  """Element-wise visibility for broadcastable query / key positions.
-
-  ``window`` keeps q - w < k <= q (causal) or |q - k| < w; ``sinks`` keeps the first keys too.
-  Both act inside listed blocks, so a band table plus this mask is exactly a sliding window.
-  """
-  ok = k_pos <= q_pos if causal else jnp.ones(jnp.broadcast_shapes(q_pos.shape, k_pos.shape), bool)
-  if window is not None:
-    diff = q_pos - k_pos
-    near = diff < window if causal else jnp.abs(diff) < window
-    ok &= near | (k_pos < sinks)
-  return ok
 
 
 def cap_logits(s, softcap):
@@ -32,7 +19,7 @@ def attention(q, k, v, mask, *, causal=True, scale=None, window=None, sinks=0, s
 
   Args:
     q: [B, T, H, D]; k, v: [B, S, Hkv, D] with Hkv dividing H.
-    mask: :class:`masks.BlockTable` or :class:`masks.VerticalSlash` with B, H (or 1) leading dims.
+    mask: :class:`masks.BlockTable` or :class:`masks.VerticalSlash` with B (or 1), H (or 1) dims.
     causal, window, sinks: element-wise rules applied on top of the table.
     scale: logit scale, default 1 / sqrt(D).
     softcap: optional tanh logit cap.
@@ -44,8 +31,7 @@ def attention(q, k, v, mask, *, causal=True, scale=None, window=None, sinks=0, s
   s, hkv = k.shape[1], k.shape[2]
   scale = d ** -0.5 if scale is None else scale
   ok = masks.dense_mask(mask, t, s, causal=causal)
-  q_pos = jnp.arange(t)[:, None] + s - t
-  ok &= position_mask(q_pos, jnp.arange(s)[None, :], causal=causal, window=window, sinks=sinks)
+  ok &= rules.visible(*rules.positions(t, s), causal=causal, window=window, sinks=sinks)
   ok = jnp.broadcast_to(ok, (b, h, t, s))
   q_g = q.reshape(b, t, hkv, h // hkv, d)
   logits = jnp.einsum("btkgd,bskd->bkgts", q_g, k, preferred_element_type=jnp.float32)

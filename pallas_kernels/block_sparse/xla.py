@@ -8,8 +8,9 @@ block. The step is rematerialised under autodiff, keeping only the running (acc,
 import jax
 import jax.numpy as jnp
 
+from jaxllm.attention.masks import visible_pairs
 from pallas_kernels.block_sparse import masks
-from pallas_kernels.block_sparse.reference import cap_logits, position_mask
+from pallas_kernels.block_sparse.reference import cap_logits
 
 
 def _to_blocks(x, block):
@@ -81,7 +82,7 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
     logits = jnp.einsum("bhqrd,bhqcd->bhqrc", q_blk, k_blk, preferred_element_type=jnp.float32)
     logits = cap_logits(logits * scale, softcap)
     k_pos = idx_BHQ[..., None] * bk + jnp.arange(bk)  # [B, H, nq, bk]
-    ok = position_mask(q_pos[..., None], k_pos[..., None, :], causal=causal, window=window,
+    ok = visible_pairs(q_pos[..., None], k_pos[..., None, :], causal=causal, window=window,
                        sinks=sinks)
     ok &= (k_pos < s)[..., None, :] & q_real[..., None] & (j < cnt)[..., None, None]
     return _update(carry, logits, ok, v_blk), None
@@ -112,7 +113,7 @@ def columns_attention(q, k, v, col_idx, col_cnt, *, block_q, causal, scale, wind
   logits = jnp.einsum("bhqrd,bhqcd->bhqrc", q_blk, k_col, preferred_element_type=jnp.float32)
   logits = cap_logits(logits * scale, softcap)
   q_pos, q_real = _query_positions(t, s, nq, block_q)
-  ok = position_mask(q_pos[..., None], col_idx[..., None, :], causal=causal, window=window,
+  ok = visible_pairs(q_pos[..., None], col_idx[..., None, :], causal=causal, window=window,
                      sinks=sinks)
   slot_ok = jnp.arange(col_idx.shape[-1]) < col_cnt[..., None]
   ok &= slot_ok[..., None, :] & q_real[..., None]

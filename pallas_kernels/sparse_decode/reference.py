@@ -4,6 +4,8 @@ import math
 
 import jax.numpy as jnp
 
+from jaxllm.attention.masks import visible_pairs
+
 
 def position_mask(kv_idx, kv_cnt, lengths, *, s: int, block_k: int):
   """Bool [B, Hkv, S]: cache positions in a listed block and below the sequence's length."""
@@ -11,7 +13,8 @@ def position_mask(kv_idx, kv_cnt, lengths, *, s: int, block_k: int):
   valid = jnp.arange(kv_idx.shape[-1]) < kv_cnt[..., None]
   listed = jnp.any((kv_idx[..., None] == jnp.arange(nk)) & valid[..., None], axis=-2)
   ok = jnp.repeat(listed, block_k, axis=-1)[..., :s]
-  return ok & (jnp.arange(s) < lengths[:, None, None])
+  # The new token sits at position length - 1 and sees the cache causally.
+  return ok & visible_pairs(lengths[:, None, None] - 1, jnp.arange(s), causal=True)
 
 
 def sparse_decode(q, k, v, kv_idx, kv_cnt, lengths, *, block_k: int, scale=None):

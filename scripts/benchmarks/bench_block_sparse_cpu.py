@@ -21,7 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.attention.methods import dense
-from pallas_kernels.block_sparse import masks, ops
+from jaxllm.attention.sparse import patterns
+from pallas_kernels.block_sparse import api, masks
 
 
 def _time(fn, *args, repeats):
@@ -40,7 +41,7 @@ def _sparse_table(key, t, density, block, heads):
   k = max(1, round(density * (nk + 1) / 2))
   scores = jax.random.uniform(key, (1, heads, nq, nk))
   scores = jnp.where(jnp.eye(nq, nk, dtype=bool), jnp.inf, scores)  # always keep the diagonal
-  return masks.topk_table(scores, k, seq_q=t, seq_k=t, block_q=block, block_k=block)
+  return patterns.topk_table(scores, k, seq_q=t, seq_k=t, block_q=block, block_k=block)
 
 
 def _flops(table, head_dim):
@@ -72,8 +73,8 @@ def main():
     q = jax.random.normal(kq, (1, t, args.heads, args.head_dim), jnp.float32)
     k = jax.random.normal(kk, (1, t, args.kv_heads, args.head_dim), jnp.float32)
     v = jax.random.normal(kv, (1, t, args.kv_heads, args.head_dim), jnp.float32)
-    run = jax.jit(lambda q, k, v, table: ops.block_sparse_attention(q, k, v, table, impl="xla"))
-    full = masks.causal_table(t, t, block_q=args.block, block_k=args.block, heads=args.heads)
+    run = jax.jit(lambda q, k, v, table: api.block_sparse_attention(q, k, v, table, impl="xla"))
+    full = patterns.causal_table(t, t, block_q=args.block, block_k=args.block, heads=args.heads)
     dense_s = _time(run, q, k, v, full, repeats=args.repeats)
     dense_flops = _flops(full, args.head_dim)
     ref_s = None

@@ -22,7 +22,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.block_sparse import masks, ops
+from jaxllm.attention.sparse import patterns
+from pallas_kernels.block_sparse import api, masks
 
 
 def _time(fn, *args, repeats):
@@ -71,7 +72,7 @@ def _sparse_table(t, density, args):
   scores = jax.random.uniform(jax.random.key(0), (1, args.heads, nq, nk))
   diag = (jnp.arange(nq)[:, None] * args.block_q + args.block_q - 1) // args.block_k
   scores = jnp.where(jnp.arange(nk)[None, :] == diag, jnp.inf, scores)  # keep the diagonal
-  return masks.topk_table(scores, k, seq_q=t, seq_k=t, block_q=args.block_q,
+  return patterns.topk_table(scores, k, seq_q=t, seq_k=t, block_q=args.block_q,
                           block_k=args.block_k)
 
 
@@ -82,8 +83,8 @@ def _block_flops(table, args):
 
 
 def _kernel(table, interpret):
-  return lambda q, k, v: ops.block_sparse_attention(q, k, v, table, impl="pallas",
-                                                    interpret=interpret)
+  return lambda q, k, v: api.block_sparse_attention(q, k, v, table, impl="pallas",
+                                                    interpret=True if interpret else None)
 
 
 def dense_rows(args, dtype):
@@ -92,7 +93,7 @@ def dense_rows(args, dtype):
   for t in args.dense_lengths:
     q, k, v = _inputs(t, args, dtype)
     flops = 2.0 * args.batch * args.heads * t * t * args.head_dim  # causal: half of 4 B H T^2 D
-    table = masks.causal_table(t, t, block_q=args.block_q, block_k=args.block_k)
+    table = patterns.causal_table(t, t, block_q=args.block_q, block_k=args.block_k)
     impls = {
         "pallas_block_sparse": _kernel(table, args.smoke),
         "tokamax": lambda q, k, v: tokamax.dot_product_attention(q, k, v, is_causal=True),
@@ -110,7 +111,7 @@ def sparse_rows(args, dtype):
   rows = []
   for t in args.sparse_lengths:
     q, k, v = _inputs(t, args, dtype)
-    full = masks.causal_table(t, t, block_q=args.block_q, block_k=args.block_k,
+    full = patterns.causal_table(t, t, block_q=args.block_q, block_k=args.block_k,
                               heads=args.heads)
     full_blocks = float(jnp.sum(full.kv_cnt))
     base = _measure("pallas_block_sparse", _kernel(full, args.smoke), q, k, v,

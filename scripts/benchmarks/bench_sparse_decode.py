@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.attention.methods import dense
-from pallas_kernels.sparse_decode import ops, reference
+from pallas_kernels.sparse_decode import api, reference
 
 
 def _time(fn, *args, repeats):
@@ -68,8 +68,7 @@ def rows_for(args):
     }
     if run_kernel:
       fns["kernel"] = jax.jit(functools.partial(
-          ops.sparse_decode, block_k=args.block_k, num_splits=args.num_splits,
-          interpret=not accelerated))
+          api.sparse_decode, block_k=args.block_k, num_splits=args.num_splits, impl="pallas"))
     times = {name: _time(fn, q, k, v, kv_idx, kv_cnt, lengths, repeats=args.repeats)
              for name, fn in fns.items()}
     for name, sec in times.items():

@@ -8,6 +8,7 @@ import pytest
 from jaxllm import attention as attn
 from jaxllm.attention.methods import dense
 from pallas_kernels.block_sparse import masks, reference
+from tests.numerics import rel_err
 
 
 def _qkv(t=45, s=45, h=4, hkv=2, d=16, seed=0):
@@ -16,16 +17,12 @@ def _qkv(t=45, s=45, h=4, hkv=2, d=16, seed=0):
           jax.random.normal(kv, (1, s, hkv, d)))
 
 
-def _rel(got, want):
-  return float(jnp.abs(got - want).max() / jnp.abs(want).max())
-
-
 def _call(q, k, v, **kw):
   return jax.jit(lambda q, k, v: attn.attention(q, k, v, **kw))(q, k, v)
 
 
 def test_methods_are_registered_with_all_impls():
-  for name in ("dense", "sliding_window", "streaming", "block_sparse"):
+  for name in ("dense", "sliding_window", "sink_window", "streaming", "block_sparse"):
     assert attn.get(name).impls == ("xla", "pallas", "auto")
 
 
@@ -33,33 +30,43 @@ def test_methods_are_registered_with_all_impls():
 def test_sliding_window_equals_dense_window(impl):
   q, k, v = _qkv()
   got = _call(q, k, v, method="sliding_window", impl=impl, window=10, block_q=16, block_k=16)
-  assert _rel(got, dense.reference(q, k, v, window=10)) < 1e-5
+  assert rel_err(got, dense.reference(q, k, v, window=10)) < 1e-5
 
 
 @pytest.mark.parametrize("impl", ["xla", "pallas"])
-def test_streaming_equals_dense_sinks_and_window(impl):
+def test_sink_window_equals_dense_sinks_and_window(impl):
   q, k, v = _qkv(t=40, s=70)
-  got = _call(q, k, v, method="streaming", impl=impl, sinks=4, window=12, block_q=16,
+  got = _call(q, k, v, method="sink_window", impl=impl, sinks=4, window=12, block_q=16,
               block_k=16)
-  assert _rel(got, dense.reference(q, k, v, window=12, sinks=4)) < 1e-5
+  assert rel_err(got, dense.reference(q, k, v, window=12, sinks=4)) < 1e-5
 
 
-def test_streaming_gradients_match_dense():
+def test_streaming_is_a_deprecated_alias_of_sink_window():
+  q, k, v = _qkv(t=40, s=40, seed=3)
+  opts = dict(impl="xla", sinks=2, window=9, block_q=8, block_k=8)
+  with pytest.warns(DeprecationWarning, match="sink_window"):
+    old = attn.attention(q, k, v, method="streaming", **opts)
+  new = attn.attention(q, k, v, method="sink_window", **opts)
+  np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
+  assert attn.get("streaming").options == attn.get("sink_window").options
+
+
+def test_sink_window_gradients_match_dense():
   q, k, v = _qkv(t=33, s=33, seed=1)
   loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v)))
   got = jax.jit(jax.grad(loss(lambda q, k, v: attn.attention(
-      q, k, v, method="streaming", impl="xla", sinks=3, window=8, block_q=8, block_k=8)),
+      q, k, v, method="sink_window", impl="xla", sinks=3, window=8, block_q=8, block_k=8)),
       (0, 1, 2)))(q, k, v)
   want = jax.grad(loss(lambda q, k, v: dense.reference(q, k, v, window=8, sinks=3)),
                   (0, 1, 2))(q, k, v)
   for g, w in zip(got, want):
-    assert _rel(g, w) < 1e-5
+    assert rel_err(g, w) < 1e-5
 
 
 def test_dense_pallas_equals_dense_reference():
   q, k, v = _qkv(t=50, s=50)
   got = _call(q, k, v, method="dense", impl="pallas", softcap=5.0)
-  assert _rel(got, dense.reference(q, k, v, softcap=5.0)) < 1e-5
+  assert rel_err(got, dense.reference(q, k, v, softcap=5.0)) < 1e-5
 
 
 def test_block_sparse_method_runs_given_table():
@@ -68,7 +75,7 @@ def test_block_sparse_method_runs_given_table():
                                 block_q=16, block_k=16)
   got = _call(q, k, v, method="block_sparse", impl="xla", table=table)
   want, _ = reference.attention(q, k, v, table)
-  assert _rel(got, want) < 1e-5
+  assert rel_err(got, want) < 1e-5
   assert np.isfinite(np.asarray(got)).all()
 
 
@@ -77,7 +84,7 @@ def test_bad_options_raise():
   with pytest.raises(ValueError, match="window"):
     attn.attention(q, k, v, method="sliding_window", impl="xla")
   with pytest.raises(ValueError, match="sinks"):
-    attn.attention(q, k, v, method="streaming", impl="xla", sinks=0, window=4)
+    attn.attention(q, k, v, method="sink_window", impl="xla", sinks=0, window=4)
   with pytest.raises(ValueError, match="table"):
     attn.attention(q, k, v, method="block_sparse", impl="xla")
   with pytest.raises(ValueError, match="block_q"):

@@ -1,4 +1,4 @@
-"""Block-table builders: invariants of the format and agreement with element-wise masks."""
+"""Block-table format and the pattern builders: invariants and agreement with element-wise masks."""
 
 import jax
 import jax.numpy as jnp
@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxllm.attention import masks as pos_masks
+from jaxllm.attention.sparse import patterns
 from pallas_kernels.block_sparse import masks
 
 
@@ -37,7 +38,7 @@ SHAPES = [(37, 50, 8, 16), (64, 64, 16, 16), (50, 37, 16, 8), (100, 300, 32, 64)
 @pytest.mark.parametrize("seq_q,seq_k,block_q,block_k", SHAPES)
 @pytest.mark.parametrize("causal", [True, False])
 def test_causal_table_is_exact(seq_q, seq_k, block_q, block_k, causal):
-  table = masks.causal_table(seq_q, seq_k, block_q=block_q, block_k=block_k, causal=causal)
+  table = patterns.causal_table(seq_q, seq_k, block_q=block_q, block_k=block_k, causal=causal)
   _check_format(table, seq_q, seq_k)
   want = pos_masks.visible(*pos_masks.positions(seq_q, seq_k), causal=causal)
   got = masks.dense_mask(table, seq_q, seq_k, causal=causal)[0, 0]
@@ -49,7 +50,7 @@ def test_causal_table_is_exact(seq_q, seq_k, block_q, block_k, causal):
 @pytest.mark.parametrize("window,sinks", [(1, 0), (20, 3), (33, 17)])
 def test_window_tables_list_exactly_the_touched_blocks(seq_q, seq_k, block_q, block_k, causal,
                                                        window, sinks):
-  table = masks.sliding_window_table(seq_q, seq_k, window=window, sinks=sinks, block_q=block_q,
+  table = patterns.sliding_window_table(seq_q, seq_k, window=window, sinks=sinks, block_q=block_q,
                                      block_k=block_k, causal=causal, batch=2, heads=3)
   _check_format(table, seq_q, seq_k)
   assert table.kv_idx.shape[:2] == (2, 3)
@@ -59,16 +60,16 @@ def test_window_tables_list_exactly_the_touched_blocks(seq_q, seq_k, block_q, bl
   np.testing.assert_array_equal(got, _blocks_touched(visible, block_q, block_k))
 
 
-def test_streaming_table_matches_sliding_with_sinks():
-  a = masks.streaming_table(70, 70, sinks=4, window=20, block_q=16, block_k=16)
-  b = masks.sliding_window_table(70, 70, window=20, sinks=4, block_q=16, block_k=16)
+def test_sink_window_table_matches_sliding_with_sinks():
+  a = patterns.sink_window_table(70, 70, sinks=4, window=20, block_q=16, block_k=16)
+  b = patterns.sliding_window_table(70, 70, window=20, sinks=4, block_q=16, block_k=16)
   np.testing.assert_array_equal(a.kv_idx, b.kv_idx)
   np.testing.assert_array_equal(a.kv_cnt, b.kv_cnt)
   assert (np.asarray(a.kv_idx)[0, 0, :, 0] == 0).all()  # every block keeps the sink block
 
 
 def test_causal_table_with_more_queries_than_keys_has_empty_rows():
-  table = masks.causal_table(40, 8, block_q=8, block_k=8)
+  table = patterns.causal_table(40, 8, block_q=8, block_k=8)
   np.testing.assert_array_equal(table.kv_cnt[0, 0], [0, 0, 0, 0, 1])
 
 
@@ -98,10 +99,10 @@ def test_topk_table_picks_the_best_visible_blocks(causal):
   nq, nk = masks.num_blocks(seq_q, bq), masks.num_blocks(seq_k, bk)
   scores = jax.random.normal(jax.random.key(2), (2, 2, nq, nk))
   scores = scores.at[0, 1, 4, :].set(-jnp.inf)  # nothing selectable in this row
-  table = masks.topk_table(scores, k, seq_q=seq_q, seq_k=seq_k, block_q=bq, block_k=bk,
+  table = patterns.topk_table(scores, k, seq_q=seq_q, seq_k=seq_k, block_q=bq, block_k=bk,
                            causal=causal)
   _check_format(table, seq_q, seq_k)
-  ok = np.asarray(masks.visible_blocks(seq_q, seq_k, block_q=bq, block_k=bk, causal=causal))
+  ok = np.asarray(patterns.visible_blocks(seq_q, seq_k, block_q=bq, block_k=bk, causal=causal))
   s = np.where(ok, np.asarray(scores), -np.inf)
   for b in range(2):
     for h in range(2):
@@ -126,7 +127,7 @@ def test_vertical_slash_covers_columns_and_diagonals(seq_q, seq_k, block_q, bloc
   cols = jax.random.randint(key, (2, 3, 6), 0, seq_k)
   cols = cols.at[..., 1].set(cols[..., 0])  # duplicates are dropped
   diags = jnp.broadcast_to(jnp.array([0, 5, 40]), (2, 3, 3))
-  vs = masks.vertical_slash(cols, diags, seq_q=seq_q, seq_k=seq_k, block_q=block_q,
+  vs = patterns.vertical_slash(cols, diags, seq_q=seq_q, seq_k=seq_k, block_q=block_q,
                             block_k=block_k)
   _check_format(vs.table, seq_q, seq_k)
   nk = masks.num_blocks(seq_k, block_k)
@@ -149,14 +150,14 @@ def test_vertical_slash_covers_columns_and_diagonals(seq_q, seq_k, block_q, bloc
 
 def test_builders_reject_bad_arguments():
   with pytest.raises(ValueError, match="block_q"):
-    masks.causal_table(10, 10, block_q=0, block_k=8)
+    patterns.causal_table(10, 10, block_q=0, block_k=8)
   with pytest.raises(ValueError, match="window"):
-    masks.sliding_window_table(10, 10, window=0, block_q=8, block_k=8)
+    patterns.sliding_window_table(10, 10, window=0, block_q=8, block_k=8)
   with pytest.raises(ValueError, match="sinks"):
-    masks.streaming_table(10, 10, sinks=-1, window=4, block_q=8, block_k=8)
+    patterns.sink_window_table(10, 10, sinks=-1, window=4, block_q=8, block_k=8)
   with pytest.raises(ValueError, match="k must be"):
-    masks.topk_table(jnp.zeros((1, 1, 2, 2)), 3, seq_q=16, seq_k=16, block_q=8, block_k=8)
+    patterns.topk_table(jnp.zeros((1, 1, 2, 2)), 3, seq_q=16, seq_k=16, block_q=8, block_k=8)
   with pytest.raises(ValueError, match="scores"):
-    masks.topk_table(jnp.zeros((1, 1, 3, 2)), 1, seq_q=16, seq_k=16, block_q=8, block_k=8)
+    patterns.topk_table(jnp.zeros((1, 1, 3, 2)), 1, seq_q=16, seq_k=16, block_q=8, block_k=8)
   with pytest.raises(ValueError, match="max_blocks"):
     masks.from_block_mask(jnp.ones((1, 1, 2, 2), bool), block_q=8, block_k=8, max_blocks=3)

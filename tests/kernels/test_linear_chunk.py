@@ -1,4 +1,5 @@
-"""Pallas chunk kernels, GPU and TPU variants in interpret mode, vs the plain-jnp chunked reference."""
+"""Pallas chunk kernels, Triton and Mosaic (compiled on hardware, interpreted on CPU), vs the
+plain-jnp chunked reference."""
 
 import jax
 import jax.numpy as jnp
@@ -6,13 +7,11 @@ import numpy as np
 import pytest
 
 from jaxllm.attention import attention
-from pallas_kernels.linear_chunk import ops
+from pallas_kernels import common
+from pallas_kernels.linear_chunk import api
 from pallas_kernels.linear_chunk.reference import linear_chunk_reference
-
-
-def rel_rmse(x, y):
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  return float(np.sqrt(np.mean((x - y) ** 2)) / (np.sqrt(np.mean(y ** 2)) + 1e-30))
+from tests.kernels.modes import modes, running
+from tests.numerics import rel_rmse
 
 
 def _inputs(seed, b, t, h, d, e, lam_lo, dtype):
@@ -33,7 +32,7 @@ def _grads(fn, q, k, v, a, s0, do, dst):
   return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4), has_aux=True))(q, k, v, a, s0)
 
 
-CASES = [  # (variant, seed, B, T, H, D, E, chunk, smallest decay, dtype, tol)
+CASES = [  # (platform, seed, B, T, H, D, E, chunk, smallest decay, dtype, tol)
     ("gpu", 0, 1, 45, 2, 8, 12, 16, 0.9, jnp.float32, 1e-5),
     ("gpu", 1, 2, 32, 2, 16, 16, 16, 0.2, jnp.float32, 1e-5),
     ("gpu", 2, 1, 70, 2, 16, 8, 32, 0.5, jnp.float32, 1e-5),
@@ -41,15 +40,17 @@ CASES = [  # (variant, seed, B, T, H, D, E, chunk, smallest decay, dtype, tol)
     ("tpu", 4, 1, 21, 2, 8, 4, 8, 0.3, jnp.float32, 1e-5),
     ("tpu", 5, 1, 19, 1, 8, 8, 16, 0.8, jnp.bfloat16, 1e-2),
 ]
+TWINS = [pytest.param(mode.values[0], *case, id=f"{mode.id}-{i}", marks=mode.marks)
+         for i, case in enumerate(CASES) for mode in modes(case[0])]
 
 
-@pytest.mark.parametrize("variant,seed,b,t,h,d,e,chunk,lam_lo,dtype,tol", CASES)
-def test_kernel_matches_reference(variant, seed, b, t, h, d, e, chunk, lam_lo, dtype, tol):
+@pytest.mark.parametrize("mode,platform,seed,b,t,h,d,e,chunk,lam_lo,dtype,tol", TWINS)
+def test_kernel_matches_reference(mode, platform, seed, b, t, h, d, e, chunk, lam_lo, dtype, tol):
   q, k, v, a, s0, do, dst = _inputs(seed, b, t, h, d, e, lam_lo, dtype)
-  kern = lambda q, k, v, a, s0: ops.linear_chunk(q, k, v, a, s0, chunk_size=chunk, interpret=True,
-                                                 variant=variant)
+  kern = lambda q, k, v, a, s0: api.linear_chunk(q, k, v, a, s0, chunk_size=chunk, impl="pallas")
   ref = lambda q, k, v, a, s0: linear_chunk_reference(q, k, v, a, s0, chunk_size=chunk)
-  g_k, (o_k, s_k) = _grads(kern, q, k, v, a, s0, do, dst)
+  with running(platform, mode):
+    g_k, (o_k, s_k) = _grads(kern, q, k, v, a, s0, do, dst)
   # The bf16 kernel is judged against the float32 reference on the same (rounded) inputs.
   f32 = lambda x: x.astype(jnp.float32)
   g_r, (o_r, s_r) = _grads(ref, f32(q), f32(k), f32(v), a, s0, do, dst)
@@ -72,15 +73,26 @@ def test_method_pallas_impl_matches_xla():
     assert rel_rmse(got, want) < 1e-5, method
 
 
+def test_xla_impl_is_the_reference():
+  q, k, v, a, s0, _, _ = _inputs(6, 1, 23, 2, 8, 8, 0.5, jnp.float32)
+  got = api.linear_chunk(q, k, v, a, s0, chunk_size=8, impl="xla")
+  want = linear_chunk_reference(q, k, v, a, s0, chunk_size=8)
+  for x, y in zip(got, want):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  auto = api.linear_chunk(q, k, v, a, s0, chunk_size=8, impl="auto")  # no native kernel here
+  if jax.default_backend() == "cpu":
+    np.testing.assert_array_equal(np.asarray(auto[0]), np.asarray(want[0]))
+
+
 def test_tiling_rules_are_checked():
   q = jnp.zeros((1, 20, 2, 8))
   with pytest.raises(ValueError, match="chunk_size"):
-    ops.linear_chunk(q, q, q, jnp.zeros(2), chunk_size=24, interpret=True)
+    api.linear_chunk(q, q, q, jnp.zeros(2), chunk_size=24, impl="pallas")
   with pytest.raises(ValueError, match="chunk_size"):
-    ops.linear_chunk(q, q, q, jnp.zeros(2), chunk_size=8, interpret=True)
-  with pytest.raises(ValueError, match="multiple of 8"):
-    ops.linear_chunk(q, q, q, jnp.zeros(2), chunk_size=12, interpret=True, variant="tpu")
-  with pytest.raises(ValueError, match="variant"):
-    ops.linear_chunk(q, q, q, jnp.zeros(2), chunk_size=16, interpret=True, variant="ipu")
+    api.linear_chunk(q, q, q, jnp.zeros(2), chunk_size=8, impl="pallas")
+  with common.interpret_as("tpu"), pytest.raises(ValueError, match="multiple of 8"):
+    api.linear_chunk(q, q, q, jnp.zeros(2), chunk_size=12, impl="pallas")
+  with pytest.raises(ValueError, match="impl"):
+    api.linear_chunk(q, q, q, jnp.zeros(2), chunk_size=16, impl="ipu")
   with pytest.raises(ValueError, match="form"):
     attention(q, q, q, method="lightning", impl="pallas", form="parallel")

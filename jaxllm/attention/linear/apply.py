@@ -11,20 +11,14 @@ from jaxllm.attention.linear.options import Spec
 IMPLS = ("xla", "pallas", "auto")
 
 
-def resolve_impl(impl: str, form: str) -> tuple[str, bool, str]:
-  """(impl to run, interpret flag, kernel variant).
-
-  ``auto`` takes the GPU chunk kernel for the chunked form on GPU and the jnp forms elsewhere;
-  ``pallas`` runs the backend's kernel (Triton-style on GPU, Mosaic on TPU), and the GPU kernel
-  in the interpreter on CPU.
-  """
+def resolve_impl(impl: str, form: str) -> str:
+  """The impl to run: ``auto`` takes the GPU chunk kernel for the chunked form on GPU and the jnp
+  forms elsewhere; ``pallas`` runs the platform's kernel (``pallas_kernels.linear_chunk``)."""
   if impl not in IMPLS:
     raise ValueError(f"linear attention: impl must be one of {list(IMPLS)}, got {impl!r}")
-  backend = jax.default_backend()
-  variant = "tpu" if backend == "tpu" else "gpu"
   if impl == "auto":
-    return ("pallas" if backend == "gpu" and form == "chunked" else "xla"), False, variant
-  return impl, impl == "pallas" and backend == "cpu", variant
+    return "pallas" if jax.default_backend() == "gpu" and form == "chunked" else "xla"
+  return impl
 
 
 def expand_kv(x_BSKD, num_heads):
@@ -60,10 +54,9 @@ def apply(q, k, v, spec: Spec, *, causal=True, form="chunked", chunk_size=64, im
     return _global(q, k, v, spec, initial_state)
   if t < s:
     q = jnp.pad(q, ((0, 0), (s - t, 0), (0, 0), (0, 0)))
-  impl, interpret, variant = resolve_impl(impl, form)
   o, state = forms.attend(q, k, v, spec.log_decay, form=form, chunk_size=chunk_size,
                           normalize=spec.normalize, eps=spec.eps, initial_state=initial_state,
-                          impl=impl, interpret=interpret, kernel_variant=variant)
+                          impl=resolve_impl(impl, form))
   return o[:, s - t:], state
 
 

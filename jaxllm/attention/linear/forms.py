@@ -133,8 +133,7 @@ FORMS = {"parallel": parallel, "chunked": chunked, "recurrent": recurrent}
 
 
 def attend(q, k, v, log_decay, *, form: str = "chunked", chunk_size: int = 64,
-           normalize: bool = False, eps: float = 1e-6, initial_state=None, impl: str = "xla",
-           interpret: bool = False, kernel_variant: str = "gpu"):
+           normalize: bool = False, eps: float = 1e-6, initial_state=None, impl: str = "xla"):
   """Decayed linear attention in the chosen ``form``, optionally normalised.
 
   Args:
@@ -146,9 +145,8 @@ def attend(q, k, v, log_decay, *, form: str = "chunked", chunk_size: int = 64,
     normalize: divide by phi(q_t) . z_t (+ ``eps``); the state then has E + 1 columns, z last.
     eps: added to the normaliser so a relu feature map with all-zero keys gives 0, not NaN.
     initial_state: [B, H, D, E (+1 if normalize)] state carried in from earlier tokens.
-    impl: ``xla`` (plain jnp) or ``pallas`` (the chunk kernel; chunked form only).
-    interpret: run the Pallas kernel in interpret mode (CPU).
-    kernel_variant: ``gpu`` or ``tpu`` Pallas kernel.
+    impl: ``xla`` (plain jnp) or ``pallas`` (the platform's chunk kernel, interpreted off GPU and
+      TPU; chunked form only).
 
   Returns:
     (o [B, T, H, E] float32, final state float32).
@@ -162,9 +160,9 @@ def attend(q, k, v, log_decay, *, form: str = "chunked", chunk_size: int = 64,
       raise ValueError(f"linear attention: impl='pallas' runs the chunked form only, got form "
                        f"{form!r}")
     # Imported here: the kernels' reference module imports this one.
-    from pallas_kernels.linear_chunk import ops  # pylint: disable=g-import-not-at-top
-    o, state = ops.linear_chunk(q, k, v, log_decay, initial_state, chunk_size=chunk_size,
-                                interpret=interpret, variant=kernel_variant)
+    from pallas_kernels.linear_chunk import api  # pylint: disable=g-import-not-at-top
+    o, state = api.linear_chunk(q, k, v, log_decay, initial_state, chunk_size=chunk_size,
+                                impl="pallas")
   elif form == "chunked":
     o, state = chunked(q, k, v, log_decay, initial_state, chunk_size=chunk_size)
   else:

@@ -1,50 +1,29 @@
 """Static block-sparse attention methods: sliding window, sink + window, and given tables.
 
-All three run ``pallas_kernels.block_sparse``: ``xla`` is its gather path (no T x T mask, fine on
-CPU at long T), ``pallas`` the Triton kernel on GPU, the Mosaic kernel of ``block_sparse_tpu`` on
-TPU and the interpreted Triton kernel elsewhere, ``auto`` the backend's kernel when the blocks fit
-it and the gather path otherwise. Windows and sinks are exact: the table lists the blocks they
-touch and the kernel masks element-wise inside them, so the results equal ``dense`` with the same
-options.
+All run ``pallas_kernels.block_sparse.api``: ``xla`` is its gather path (no T x T mask, fine on
+CPU at long T), ``pallas`` the platform's kernel (Triton on GPU, Mosaic on TPU, the interpreted
+Triton kernel elsewhere), ``auto`` the native kernel when the blocks fit it and the gather path
+otherwise. Windows and sinks are exact: the table (``jaxllm.attention.sparse.patterns``) lists
+the blocks they touch and the kernel masks element-wise inside them, so the results equal
+``dense`` with the same options.
 """
 
-import math
-
-import jax
+import warnings
 
 from jaxllm.attention.registry import register
-from pallas_kernels.block_sparse import kernel_gpu, masks, ops
-from pallas_kernels.block_sparse_tpu.config import NUM_LANES
+from jaxllm.attention.sparse import patterns
+from pallas_kernels.block_sparse import api, masks
 
 BLOCK_Q = 128
 BLOCK_K = 128  # multiples of the TPU lane width serve the Mosaic kernel too
 
 
-def _impl(impl: str, table: masks.BlockTable) -> tuple[str, bool]:
-  """Maps ``impl`` to the kernel of this backend; also says whether it must be interpreted.
-
-  ``pallas`` is the Triton kernel on GPU, the Mosaic kernel on TPU and the interpreted Triton
-  kernel elsewhere; ``auto`` takes the backend's kernel when the block sizes fit it, else ``xla``.
-  """
-  backend = jax.default_backend()
-  if impl == "auto":
-    if backend == "gpu" and kernel_gpu.blocks_fit(table.block_q, table.block_k):
-      return "pallas", False
-    if backend == "tpu" and table.block_q % NUM_LANES == 0 and table.block_k % NUM_LANES == 0:
-      return "pallas_tpu", False
-    return "xla", False
-  if impl == "pallas" and backend == "tpu":
-    return "pallas_tpu", False
-  return impl, impl == "pallas" and backend != "gpu"
-
-
-def run(q, k, v, mask, *, impl, causal, scale=None, window=None, sinks=0, softcap=None):
+def run(q, k, v, mask, *, impl, causal, scale=None, window=None, sinks=0, softcap=None,
+        return_lse=False):
   """Block-sparse attention over ``mask`` with ``impl`` in {xla, pallas, auto}."""
-  table = mask.table if isinstance(mask, masks.VerticalSlash) else mask
-  impl, interpret = _impl(impl, table)
-  scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-  return ops.block_sparse_attention(q, k, v, mask, causal=causal, scale=scale, window=window,
-                                    sinks=sinks, softcap=softcap, impl=impl, interpret=interpret)
+  return api.block_sparse_attention(q, k, v, mask, causal=causal, scale=scale, window=window,
+                                    sinks=sinks, softcap=softcap, impl=impl,
+                                    return_lse=return_lse)
 
 
 def banded(q, k, v, *, impl, causal, window=None, sinks=0, scale=None, softcap=None,
@@ -52,10 +31,10 @@ def banded(q, k, v, *, impl, causal, window=None, sinks=0, scale=None, softcap=N
   """Dense (window None), sliding-window or sink + window attention through a band table."""
   t, s = q.shape[1], k.shape[1]
   if window is None:
-    table = masks.causal_table(t, s, block_q=block_q, block_k=block_k, causal=causal)
+    table = patterns.causal_table(t, s, block_q=block_q, block_k=block_k, causal=causal)
   else:
-    table = masks.sliding_window_table(t, s, window=window, sinks=sinks, block_q=block_q,
-                                       block_k=block_k, causal=causal)
+    table = patterns.sliding_window_table(t, s, window=window, sinks=sinks, block_q=block_q,
+                                          block_k=block_k, causal=causal)
   return run(q, k, v, table, impl=impl, causal=causal, scale=scale, window=window, sinks=sinks,
              softcap=softcap)
 
@@ -73,13 +52,23 @@ def sliding_window(q, k, v, *, impl="auto", causal=True, window=None, scale=None
                 block_q=block_q, block_k=block_k)
 
 
-def streaming(q, k, v, *, impl="auto", causal=True, sinks=4, window=None, scale=None,
-              softcap=None, block_q=BLOCK_Q, block_k=BLOCK_K):
-  """StreamingLLM / A-shape: the first ``sinks`` keys plus the ``window`` most recent ones."""
-  _positive("window", window, "streaming")
-  _positive("sinks", sinks, "streaming")
+def sink_window(q, k, v, *, impl="auto", causal=True, sinks=4, window=None, scale=None,
+                softcap=None, block_q=BLOCK_Q, block_k=BLOCK_K):
+  """StreamingLLM's attention sinks / MInference's A-shape: the first ``sinks`` keys plus the
+  ``window`` most recent ones (default 4 sinks, as StreamingLLM)."""
+  _positive("window", window, "sink_window")
+  _positive("sinks", sinks, "sink_window")
   return banded(q, k, v, impl=impl, causal=causal, window=window, sinks=sinks, scale=scale,
                 softcap=softcap, block_q=block_q, block_k=block_k)
+
+
+def streaming(q, k, v, *, impl="auto", causal=True, sinks=4, window=None, scale=None,
+              softcap=None, block_q=BLOCK_Q, block_k=BLOCK_K):
+  """Deprecated name of ``sink_window`` (the KV-cache policy keeps the name ``streaming``)."""
+  warnings.warn("attention method 'streaming' is renamed 'sink_window'; the old name will be "
+                "removed in the next release", DeprecationWarning, stacklevel=3)
+  return sink_window(q, k, v, impl=impl, causal=causal, sinks=sinks, window=window, scale=scale,
+                     softcap=softcap, block_q=block_q, block_k=block_k)
 
 
 def block_sparse(q, k, v, *, impl="auto", causal=True, table=None, scale=None, softcap=None):
@@ -91,5 +80,6 @@ def block_sparse(q, k, v, *, impl="auto", causal=True, table=None, scale=None, s
 
 
 register("sliding_window", sliding_window, impls=("xla", "pallas", "auto"))
+register("sink_window", sink_window, impls=("xla", "pallas", "auto"))
 register("streaming", streaming, impls=("xla", "pallas", "auto"))
 register("block_sparse", block_sparse, impls=("xla", "pallas", "auto"))

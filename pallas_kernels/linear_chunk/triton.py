@@ -4,11 +4,11 @@ One program per (batch, head) walks the sequence chunk by chunk, keeping the [D,
 float32 registers/SRAM: inside a chunk the output is (q k^T * M) v with the masked decay
 M[i, j] = lambda^(i - j) [j <= i], plus lambda^(i + 1) q S_prev from earlier chunks (Lightning
 attention's intra/inter split). The backward pass recomputes the states going forward for dq and
-carries the state adjoint G backwards for dk and dv; d log lambda is assembled by ``ops`` from
+carries the state adjoint G backwards for dk and dv; d log lambda is assembled by ``api`` from
 dq and dk.
 
 Layout: q, k [B, Tp, H, Dp], v [B, Tp, H, Ep] with Tp a multiple of the chunk and Dp, Ep powers of
-two (``ops`` pads); ``seq_len`` is the true length, so the last chunk's state update decays by its
+two (``api`` pads); ``seq_len`` is the true length, so the last chunk's state update decays by its
 real length. The per-head log decay arrives as an [H, C] row of identical values (a vector block
 keeps Triton's power-of-two block rule).
 """

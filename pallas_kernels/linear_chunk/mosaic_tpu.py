@@ -5,9 +5,9 @@ lives in a VMEM scratch buffer across the chunk steps, so only one [C, D] tile o
 resident at a time (any T fits). The per-head log decay is scalar-prefetched into SMEM. The dk/dv
 pass walks the chunks in reverse through its index maps, carrying the state adjoint in scratch.
 
-Layout: q, k [B, H, Tp, D], v [B, H, Tp, E] (``ops`` transposes and pads): tiles are (C, D) with C a
+Layout: q, k [B, H, Tp, D], v [B, H, Tp, E] (``api`` transposes and pads): tiles are (C, D) with C a
 multiple of 8 and D, E multiples of 128 or the full dim (Mosaic's (8, 128) rule). The math is that
-of ``kernel.py``; see its docstring.
+of ``triton.py``; see its docstring.
 """
 
 from __future__ import annotations

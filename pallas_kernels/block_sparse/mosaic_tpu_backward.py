@@ -18,8 +18,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.block_sparse_tpu import masks, tables
-from pallas_kernels.block_sparse_tpu.config import NN_DIMS, NT_DIMS, Config, cap, uncap_grad
+from pallas_kernels.block_sparse import mosaic_tpu_tables as tables
+from pallas_kernels.block_sparse.mosaic_tpu_config import (Config, cap, tile_visible, uncap_grad,
+                                                           when_full_or_masked)
+from pallas_kernels.common import NN_DIMS, NT_DIMS
 
 
 def _dq_kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, lse_ref, do_ref, di_ref, dq_ref, dq_sc, *,
@@ -31,18 +33,19 @@ def _dq_kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, lse_ref, do_ref, di_ref, d
   def _init():
     dq_sc[...] = jnp.zeros_like(dq_sc)
 
-  @pl.when(j < cnt_ref[row])
-  def _step():
-    kb = idx_ref[row * max_blocks + j]
+  kb = idx_ref[row * max_blocks + j]
+
+  def step(masked):
     k, v = k_ref[...], v_ref[...]
     capped = cap(cfg, lax.dot_general(q_ref[...], k, NT_DIMS, preferred_element_type=jnp.float32))
-    ok = masks.tile_visible(i, kb, cfg)
-    logits = capped if ok is None else jnp.where(ok, capped, -jnp.inf)
+    logits = jnp.where(tile_visible(i, kb, cfg), capped, -jnp.inf) if masked else capped
     p = jnp.exp(logits - jnp.expand_dims(lse_ref[0], -1))
     dp = lax.dot_general(do_ref[...], v, NT_DIMS, preferred_element_type=jnp.float32)
     ds = uncap_grad(cfg, p * (dp - jnp.expand_dims(di_ref[0], -1)), capped)
     dq_sc[...] += lax.dot_general(ds.astype(k.dtype), k, NN_DIMS,
                                   preferred_element_type=jnp.float32)
+
+  when_full_or_masked(cfg, j < cnt_ref[row], i, kb, step)
 
   @pl.when(j == max_blocks - 1)
   def _finish():
@@ -60,14 +63,16 @@ def _dkv_kernel(kb_ref, entry_ref, flag_ref, q_ref, k_ref, v_ref, lse_ref, do_re
     dk_sc[...] = jnp.zeros_like(dk_sc)
     dv_sc[...] = jnp.zeros_like(dv_sc)
 
-  @pl.when((flags & tables.COMPUTE) != 0)
-  def _step():
-    i = lax.rem(entry_ref[at], cfg.num_q_blocks)
+  i = lax.rem(entry_ref[at], cfg.num_q_blocks)
+  kb = kb_ref[at]
+
+  def step(masked):
     q, do = q_ref[...], do_ref[...]
     # Keys-first tiles [block_k, block_q]: the per-query statistics broadcast along sublanes.
     capped_t = cap(cfg, lax.dot_general(k_ref[...], q, NT_DIMS, preferred_element_type=jnp.float32))
-    ok = masks.tile_visible(i, kb_ref[at], cfg, keys_first=True)
-    logits_t = capped_t if ok is None else jnp.where(ok, capped_t, -jnp.inf)
+    logits_t = capped_t
+    if masked:
+      logits_t = jnp.where(tile_visible(i, kb, cfg, keys_first=True), capped_t, -jnp.inf)
     p_t = jnp.exp(logits_t - lse_ref[...])
     dv_sc[...] += lax.dot_general(p_t.astype(do.dtype), do, NN_DIMS,
                                   preferred_element_type=jnp.float32)
@@ -75,6 +80,8 @@ def _dkv_kernel(kb_ref, entry_ref, flag_ref, q_ref, k_ref, v_ref, lse_ref, do_re
     ds_t = uncap_grad(cfg, p_t * (dp_t - di_ref[...]), capped_t)
     dk_sc[...] += lax.dot_general(ds_t.astype(q.dtype), q, NN_DIMS,
                                   preferred_element_type=jnp.float32)
+
+  when_full_or_masked(cfg, (flags & tables.COMPUTE) != 0, i, kb, step)
 
   @pl.when((flags & tables.LAST) != 0)
   def _finish():

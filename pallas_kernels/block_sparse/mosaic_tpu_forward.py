@@ -3,7 +3,8 @@
 Grid (B, H, nq, max_blocks), the last axis sequential. The table is scalar-prefetched into SMEM,
 so the k/v index maps fetch key block ``kv_idx[b, h, i, j]``; steps past ``kv_cnt[b, h, i]``
 skip the compute, and since their index repeats the last valid one they cost no DMA either.
-Online softmax keeps the running max, sum and output in VMEM scratch.
+Online softmax keeps the running max, sum and output in VMEM scratch. Tiles the element rule
+keeps whole take a branch without the mask.
 """
 
 import functools
@@ -14,8 +15,9 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from pallas_kernels.block_sparse_tpu import masks
-from pallas_kernels.block_sparse_tpu.config import NN_DIMS, NT_DIMS, NUM_LANES, Config, cap, widen
+from pallas_kernels.common import NN_DIMS, NT_DIMS, NUM_LANES, widen
+from pallas_kernels.block_sparse.mosaic_tpu_config import (Config, cap, tile_visible,
+                                                           when_full_or_masked)
 
 
 def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc, *,
@@ -30,14 +32,13 @@ def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, a
     l_sc[...] = jnp.zeros_like(l_sc)
     acc_sc[...] = jnp.zeros_like(acc_sc)
 
-  @pl.when(j < cnt_ref[row])
-  def _step():
-    kb = idx_ref[row * max_blocks + j]
+  kb = idx_ref[row * max_blocks + j]
+
+  def step(masked):
     logits = cap(cfg, lax.dot_general(q_ref[...], k_ref[...], NT_DIMS,
                                       preferred_element_type=jnp.float32))
-    ok = masks.tile_visible(i, kb, cfg)
-    if ok is not None:
-      logits = jnp.where(ok, logits, -jnp.inf)
+    if masked:
+      logits = jnp.where(tile_visible(i, kb, cfg), logits, -jnp.inf)
     m_prev = m_sc[...]
     m_next = jnp.maximum(m_prev, jnp.max(logits, axis=-1, keepdims=True))
     # A row that has seen no visible key yet keeps max -inf; shift it by 0 so exp gives 0, not nan.
@@ -49,6 +50,8 @@ def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, a
     v = v_ref[...]
     pv = lax.dot_general(p.astype(v.dtype), v, NN_DIMS, preferred_element_type=jnp.float32)
     acc_sc[...] = acc_sc[...] * widen(alpha, head_dim) + pv
+
+  when_full_or_masked(cfg, j < cnt_ref[row], i, kb, step)
 
   @pl.when(j == max_blocks - 1)
   def _finish():

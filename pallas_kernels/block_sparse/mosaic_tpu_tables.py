@@ -1,4 +1,4 @@
-"""Key-block tables in plain JAX: normalising the forward table and inverting it for dk/dv.
+"""The dk/dv walk of the Mosaic kernels: the forward table inverted, in plain JAX.
 
 The forward table lists, per (batch, head, query block), the key blocks to visit: ``kv_idx``
 [B, H, nq, max_blocks] with ``kv_cnt`` [B, H, nq] leading entries valid. The dk/dv pass walks the
@@ -9,24 +9,7 @@ that list it.
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.block_sparse_tpu.config import Config
-
-
-def normalize(kv_idx, kv_cnt, num_kv_blocks: int):
-  """Clips the table into range and repeats the last valid index past the count.
-
-  Repeating the index makes the skipped grid steps ask for the block already in VMEM, so the
-  pipeline issues no DMA for them; clipping keeps a malformed table from reading out of bounds.
-
-  Returns:
-    (kv_idx, kv_cnt) int32 with the shapes of the inputs.
-  """
-  max_blocks = kv_idx.shape[-1]
-  cnt = jnp.clip(kv_cnt.astype(jnp.int32), 0, max_blocks)
-  idx = jnp.clip(kv_idx.astype(jnp.int32), 0, num_kv_blocks - 1)
-  last = jnp.take_along_axis(idx, jnp.maximum(cnt - 1, 0)[..., None], axis=-1)
-  valid = jnp.arange(max_blocks, dtype=jnp.int32) < cnt[..., None]
-  return jnp.where(valid, idx, last), cnt
+from pallas_kernels.block_sparse.mosaic_tpu_config import Config
 
 
 FIRST, COMPUTE, LAST = 1, 2, 4  # step flags of the dk/dv walk

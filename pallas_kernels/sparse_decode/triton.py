@@ -15,7 +15,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
 
-_NT_DIMS = (((1,), (1,)), ((), ()))  # a @ b.T
+from jaxllm.attention.masks import visible_pairs
+from pallas_kernels.common import NN_DIMS, NT_DIMS
 
 
 def _kernel(q_ref, k_ref, v_ref, idx_ref, cnt_ref, len_ref, o_ref, m_ref, l_ref, *,
@@ -31,14 +32,14 @@ def _kernel(q_ref, k_ref, v_ref, idx_ref, cnt_ref, len_ref, o_ref, m_ref, l_ref,
     start = idx_ref[j] * block_k
     k = k_ref[pl.ds(start, block_k), :]
     v = v_ref[pl.ds(start, block_k), :]
-    logits = lax.dot_general(q, k, _NT_DIMS, preferred_element_type=jnp.float32) * scale
+    logits = lax.dot_general(q, k, NT_DIMS, preferred_element_type=jnp.float32) * scale
     pos = start + lax.broadcasted_iota(jnp.int32, logits.shape, 1)
-    logits = jnp.where(pos < length, logits, -jnp.inf)
+    logits = jnp.where(visible_pairs(length - 1, pos, causal=True), logits, -jnp.inf)
     m_next = jnp.maximum(m, jnp.max(logits, axis=1))
     m_safe = jnp.where(m_next == -jnp.inf, 0.0, m_next)  # nothing visible yet: exp gives 0
     p = jnp.exp(logits - m_safe[:, None])
     alpha = jnp.exp(m - m_safe)
-    pv = lax.dot_general(p.astype(v.dtype), v, (((1,), (0,)), ((), ())),
+    pv = lax.dot_general(p.astype(v.dtype), v, NN_DIMS,
                          preferred_element_type=jnp.float32)
     return acc * alpha[:, None] + pv, m_next, alpha * l + jnp.sum(p, axis=1)
 
@@ -58,7 +59,7 @@ def partials(q_BKGD, k_BSKD, v_BSKD, kv_idx, kv_cnt, lengths, *, block_k: int, n
     q_BKGD: [B, Hkv, G, D] queries grouped by kv head (G, D powers of two, at least 16).
     k_BSKD, v_BSKD: [B, S, Hkv, D] cache, S a multiple of block_k.
     kv_idx, kv_cnt, lengths: int32 [B, Hkv, max_blocks], [B, Hkv], [B].
-    block_k, num_splits, scale, interpret: see :func:`pallas_kernels.sparse_decode.ops`.
+    block_k, num_splits, scale, interpret: see :func:`pallas_kernels.sparse_decode.api`.
   """
   b, hkv, g, d = q_BKGD.shape
   s = k_BSKD.shape[1]
@@ -89,4 +90,3 @@ def partials(q_BKGD, k_BSKD, v_BSKD, kv_idx, kv_cnt, lengths, *, block_k: int, n
       interpret=interpret,
       name="sparse_decode_split_k",
   )(q_BKGD, k_BSKD, v_BSKD, kv_idx, kv_cnt, lengths)
-

@@ -16,14 +16,8 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-NUM_LANES = 128
-_NT_DIMS = (((1,), (1,)), ((), ()))  # a @ b.T
-_NN_DIMS = (((1,), (0,)), ((), ()))  # a @ b
-
-
-def _widen(x_rl, n: int):
-  """[rows, NUM_LANES] lane-replicated statistics -> [rows, n] by tiling whole vregs."""
-  return jnp.tile(x_rl, (1, -(-n // NUM_LANES)))[:, :n]
+from jaxllm.attention.masks import visible_pairs
+from pallas_kernels.common import NN_DIMS, NT_DIMS, NUM_LANES, widen
 
 
 def _kernel(idx_ref, cnt_ref, len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref, m_sc, l_sc,
@@ -42,20 +36,20 @@ def _kernel(idx_ref, cnt_ref, len_ref, q_ref, k_ref, v_ref, o_ref, m_ref, l_ref,
   @pl.when(slot < cnt_ref[row])
   def _step():
     start = idx_ref[row * max_blocks + slot] * block_k
-    logits = lax.dot_general(q_ref[...], k_ref[...], _NT_DIMS, preferred_element_type=jnp.float32)
+    logits = lax.dot_general(q_ref[...], k_ref[...], NT_DIMS, preferred_element_type=jnp.float32)
     logits = logits * scale
     pos = start + lax.broadcasted_iota(jnp.int32, logits.shape, 1)
-    logits = jnp.where(pos < len_ref[b], logits, -jnp.inf)
+    logits = jnp.where(visible_pairs(len_ref[b] - 1, pos, causal=True), logits, -jnp.inf)
     m_prev = m_sc[...]
     m_next = jnp.maximum(m_prev, jnp.max(logits, axis=-1, keepdims=True))
     m_safe = jnp.where(m_next == -jnp.inf, 0.0, m_next)  # nothing visible yet: exp gives 0
-    p = jnp.exp(logits - _widen(m_safe, block_k))
+    p = jnp.exp(logits - widen(m_safe, block_k))
     alpha = jnp.exp(m_prev - m_safe)
     l_sc[...] = alpha * l_sc[...] + lax.broadcast_in_dim(jnp.sum(p, axis=-1), m_prev.shape, (0,))
     m_sc[...] = m_next
     v = v_ref[...]
-    pv = lax.dot_general(p.astype(v.dtype), v, _NN_DIMS, preferred_element_type=jnp.float32)
-    acc_sc[...] = acc_sc[...] * _widen(alpha, acc_sc.shape[-1]) + pv
+    pv = lax.dot_general(p.astype(v.dtype), v, NN_DIMS, preferred_element_type=jnp.float32)
+    acc_sc[...] = acc_sc[...] * widen(alpha, acc_sc.shape[-1]) + pv
 
   @pl.when(j == per_split - 1)
   def _finish():
@@ -74,7 +68,7 @@ def partials(q_BKGD, k_BSKD, v_BSKD, kv_idx, kv_cnt, lengths, *, block_k: int, n
     kv_idx, kv_cnt, lengths: int32 [B, Hkv, max_blocks] (normalised: past the count the last
       valid index repeats), [B, Hkv], [B].
     block_k: a multiple of 128.
-    num_splits, scale: see :func:`pallas_kernels.sparse_decode.ops.sparse_decode`.
+    num_splits, scale: see :func:`pallas_kernels.sparse_decode.api.sparse_decode`.
     interpret: False on TPU; True or a ``pltpu.InterpretParams`` to interpret on CPU.
   """
   b, hkv, g, d = q_BKGD.shape

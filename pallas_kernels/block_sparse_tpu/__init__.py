@@ -1,1 +1,0 @@
-"""Block-sparse flash attention for TPU (Mosaic) driven by per-(batch, head, query-block) tables."""
