@@ -92,10 +92,19 @@ def load_pattern_file(path: str, layer_index: int) -> dict[int, dict]:
 
 
 def write_pattern_file(path: str, layers) -> None:
-  """Writes per-layer head configs (a list of ``{head: config}``) atomically as JSON."""
-  out = [{str(int(h)): _check_head(dict(cfg), f"layer {i} head {h}") | (
-      {"score": float(cfg["score"])} if "score" in cfg else {}) for h, cfg in layer.items()}
-         for i, layer in enumerate(layers)]
+  """Writes per-layer head configs atomically as JSON.
+
+  ``layers`` holds one entry per layer: a ``{head: config}`` dict or a per-head list (what
+  :func:`search_patterns` returns).
+  """
+  def entry(cfg, where):
+    score = {"score": float(cfg["score"])} if "score" in cfg else {}
+    return _check_head(dict(cfg), where) | score
+
+  out = []
+  for i, layer in enumerate(layers):
+    items = layer.items() if isinstance(layer, dict) else enumerate(layer)
+    out.append({str(int(h)): entry(cfg, f"layer {i} head {h}") for h, cfg in items})
   folder = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
   try:

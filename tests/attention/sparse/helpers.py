@@ -37,16 +37,21 @@ def softmax(x, axis=-1):
   return e / np.sum(e, axis=axis, keepdims=True)
 
 
-def dense_ref(q, k, v):
-  """Causal softmax attention in float64, queries the last T of S: [B, T, H, D]."""
-  q, k, v = np32(q), np32(k), np32(v)
+def dense_ref_probs(q, k):
+  """Causal softmax weights in float64 [B, H, T, S], queries the last T of the S keys."""
+  q, k = np32(q), np32(k)
   b, t, h, d = q.shape
   s, hkv = k.shape[1], k.shape[2]
-  kx, vx = np.repeat(k, h // hkv, axis=2), np.repeat(v, h // hkv, axis=2)
-  logits = np.einsum("bthd,bshd->bhts", q, kx) / np.sqrt(d)
+  logits = np.einsum("bthd,bshd->bhts", q, np.repeat(k, h // hkv, axis=2)) / np.sqrt(d)
   ok = np.arange(s)[None, :] <= (np.arange(t) + s - t)[:, None]
-  p = softmax(np.where(ok, logits, -np.inf))
-  return np.einsum("bhts,bshd->bthd", p, vx)
+  return softmax(np.where(ok, logits, -np.inf))
+
+
+def dense_ref(q, k, v):
+  """Causal softmax attention in float64: [B, T, H, D]."""
+  h, hkv = q.shape[2], k.shape[2]
+  vx = np.repeat(np32(v), h // hkv, axis=2)
+  return np.einsum("bhts,bshd->bthd", dense_ref_probs(q, k), vx)
 
 
 def expand(blocks, t, s, block_q, block_k, columns=None):
