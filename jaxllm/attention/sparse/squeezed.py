@@ -62,12 +62,9 @@ class SqueezedIndex:
 def kmeans(x, n_clusters: int, *, iters: int, seed: int):
   """Lloyd's k-means on x [..., N, D] (float32): returns (centres [..., C, D], labels [..., N]).
 
-  Starts from ``n_clusters`` distinct points drawn with ``seed``; an empty cluster keeps its
-  centre.
+  Starts from k-means++ seeding drawn with ``seed``; an empty cluster keeps its centre.
   """
-  n = x.shape[-2]
-  init = jax.random.choice(jax.random.key(seed), n, (n_clusters,), replace=False)
-  centres = x[..., init, :]
+  centres = _kmeans_pp(x, n_clusters, jax.random.key(seed))
 
   def assign(c):
     dist = jnp.sum(c * c, -1)[..., None, :] - 2 * jnp.einsum("...nd,...cd->...nc", x, c)
@@ -81,6 +78,24 @@ def kmeans(x, n_clusters: int, *, iters: int, seed: int):
 
   centres, _ = jax.lax.scan(step, centres, None, length=iters)
   return centres, assign(centres)
+
+
+def _kmeans_pp(x, n_clusters: int, key):
+  """k-means++ seeding: each next centre drawn with probability proportional to the squared
+  distance to the nearest centre so far."""
+  gather = lambda idx: jnp.take_along_axis(x, idx[..., None, None], axis=-2)[..., 0, :]
+  first = gather(jax.random.randint(key, x.shape[:-2], 0, x.shape[-2]))
+  centres = jnp.zeros(x.shape[:-2] + (n_clusters, x.shape[-1]), x.dtype).at[..., 0, :].set(first)
+  dist = jnp.sum((x - first[..., None, :]) ** 2, -1)
+
+  def body(i, carry):
+    centres, dist = carry
+    logits = jnp.where(dist > 0, jnp.log(jnp.where(dist > 0, dist, 1.0)), -jnp.inf)
+    c = gather(jax.random.categorical(jax.random.fold_in(key, i), logits))
+    dist = jnp.minimum(dist, jnp.sum((x - c[..., None, :]) ** 2, -1))
+    return centres.at[..., i, :].set(c), dist
+
+  return jax.lax.fori_loop(1, n_clusters, body, (centres, dist))[0]
 
 
 def _group_mean(values, weights, labels, n: int):
