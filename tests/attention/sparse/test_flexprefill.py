@@ -84,9 +84,11 @@ def numpy_flexprefill(q, k, *, block, gamma, tau, min_budget, max_budget=None, c
   return out & vis, js_heads
 
 
-@pytest.mark.parametrize("shape", ["full", "chunk"])
-@pytest.mark.parametrize("tau, cut", [(0.1, "global"), ("mixed", "global"), ("mixed", "row"),
-                                      (0.0, "global")])
+@pytest.mark.parametrize("shape, tau, cut", [
+    ("chunk", "mixed", "global"), ("full", "mixed", "row"), ("full", 0.1, "global"),
+    pytest.param("chunk", "mixed", "row", marks=pytest.mark.slow),
+    pytest.param("full", "mixed", "global", marks=pytest.mark.slow),
+    pytest.param("chunk", 0.0, "global", marks=pytest.mark.slow)])
 def test_selection_matches_numpy(shape, tau, cut):
   b, t, s, h, hkv = th.SHAPES[shape]
   q, k, _ = th.inputs(th.SHAPES[shape])
@@ -101,6 +103,7 @@ def test_selection_matches_numpy(shape, tau, cut):
   th.assert_same_positions(sel, th.expand(want, t, s, BLOCK, BLOCK), t, s)
 
 
+@pytest.mark.slow
 def test_max_budget_caps_the_vertical_and_slash_blocks():
   b, t, s, h, hkv = th.SHAPES["full"]
   q, k, _ = th.inputs(th.SHAPES["full"])
@@ -118,8 +121,10 @@ def test_short_input_falls_back_to_dense():
   th.assert_same_positions(sel, th.expand(want, t, s, BLOCK, BLOCK), t, s)
 
 
-@pytest.mark.parametrize("shape", ["full", "chunk"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape, dtype", [
+    ("chunk", jnp.float32), ("full", jnp.bfloat16),
+    pytest.param("full", jnp.float32, marks=pytest.mark.slow),
+    pytest.param("chunk", jnp.bfloat16, marks=pytest.mark.slow)])
 def test_full_budget_equals_dense(shape, dtype):
   q, k, v = th.inputs(th.SHAPES[shape], dtype=dtype)
   out = attention(q, k, v, method="flexprefill", impl="xla", block=BLOCK,

@@ -61,7 +61,7 @@ def numpy_hip(q, k, *, mask_k, block_q, block_k, stride, sink, window):
   return out
 
 
-@pytest.mark.parametrize("shape", ["full", "chunk"])
+@pytest.mark.parametrize("shape", ["chunk", pytest.param("full", marks=pytest.mark.slow)])
 def test_selection_matches_numpy(shape):
   b, t, s, h, hkv = th.SHAPES[shape]
   q, k, _ = th.inputs(th.SHAPES[shape])
@@ -86,8 +86,10 @@ def test_rounds_are_logarithmic():
   assert [hip.rounds_needed(nk, 256) for nk in (256, 257, 512, 1024, 16384)] == [0, 1, 1, 2, 6]
 
 
-@pytest.mark.parametrize("shape", ["full", "chunk"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape, dtype", [
+    ("chunk", jnp.float32), ("full", jnp.bfloat16),
+    pytest.param("full", jnp.float32, marks=pytest.mark.slow),
+    pytest.param("chunk", jnp.bfloat16, marks=pytest.mark.slow)])
 def test_full_budget_equals_dense(shape, dtype):
   q, k, v = th.inputs(th.SHAPES[shape], dtype=dtype)
   s = th.SHAPES[shape][2]

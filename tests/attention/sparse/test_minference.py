@@ -93,7 +93,7 @@ def numpy_positions(q, k, heads):
   return out
 
 
-@pytest.mark.parametrize("shape", ["full", "chunk"])
+@pytest.mark.parametrize("shape", ["chunk", pytest.param("full", marks=pytest.mark.slow)])
 def test_mixed_head_patterns_match_numpy(shape):
   b, t, s, h, hkv = SHAPES[shape]
   q, k, _ = th.inputs(SHAPES[shape])
@@ -138,8 +138,10 @@ def test_search_picks_the_best_recall_and_the_file_drives_attention(tmp_path):
     select("minference", q, k, pattern_file=path, layer_index=2)
 
 
-@pytest.mark.parametrize("shape", ["full", "chunk"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape, dtype", [
+    ("chunk", jnp.float32), ("full", jnp.bfloat16),
+    pytest.param("full", jnp.float32, marks=pytest.mark.slow),
+    pytest.param("chunk", jnp.bfloat16, marks=pytest.mark.slow)])
 def test_full_budget_equals_dense(shape, dtype):
   q, k, v = th.inputs(SHAPES[shape], dtype=dtype)
   out = attention(q, k, v, method="minference", impl="xla", vertical=SHAPES[shape][2])

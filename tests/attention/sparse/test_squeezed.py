@@ -107,7 +107,7 @@ def test_index_is_a_kmeans_fixed_point_with_raw_key_means():
         assert float(index.coarse_counts[bi, hk, p]) == under.sum()
 
 
-@pytest.mark.parametrize("levels", [1, 2])
+@pytest.mark.parametrize("levels", [2, pytest.param(1, marks=pytest.mark.slow)])
 def test_threshold_is_the_pooled_quantile_over_layers(levels):
   shape = (2, 140, 200, 4, 2)
   q1, k1, _ = clustered_inputs(shape, seed=0)
@@ -121,8 +121,9 @@ def test_threshold_is_the_pooled_quantile_over_layers(levels):
     np.testing.assert_allclose(np.asarray(i.thresholds), want, rtol=1e-4)
 
 
-@pytest.mark.parametrize("levels", [1, 2])
-@pytest.mark.parametrize("shape, fixed", [("chunk", 126), ("full", 64)])
+@pytest.mark.parametrize("levels, shape, fixed", [
+    (1, "chunk", 126), (2, "full", 64), pytest.param(2, "chunk", 126, marks=pytest.mark.slow),
+    pytest.param(1, "full", 64, marks=pytest.mark.slow)])
 def test_selection_matches_numpy(levels, shape, fixed):
   b, t, s, h, hkv = th.SHAPES[shape]
   q, k, _ = clustered_inputs(th.SHAPES[shape])
@@ -137,6 +138,7 @@ def test_selection_matches_numpy(levels, shape, fixed):
   np.testing.assert_array_equal(got, want & vis)
 
 
+@pytest.mark.slow
 def test_default_path_clusters_the_cache_and_calibrates_on_the_call():
   b, t, s, h, hkv = th.SHAPES["chunk"]
   q, k, v = clustered_inputs(th.SHAPES["chunk"])
@@ -146,8 +148,10 @@ def test_default_path_clusters_the_cache_and_calibrates_on_the_call():
   np.testing.assert_array_equal(np.asarray(explicit), np.asarray(implicit))
 
 
-@pytest.mark.parametrize("shape", ["full", "chunk"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape, dtype", [
+    ("chunk", jnp.float32), ("full", jnp.bfloat16),
+    pytest.param("full", jnp.float32, marks=pytest.mark.slow),
+    pytest.param("chunk", jnp.bfloat16, marks=pytest.mark.slow)])
 def test_full_budget_equals_dense(shape, dtype):
   q, k, v = clustered_inputs(th.SHAPES[shape])
   q, k, v = q.astype(dtype), k.astype(dtype), v.astype(dtype)

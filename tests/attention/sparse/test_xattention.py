@@ -51,8 +51,9 @@ def numpy_xattention(q, k, *, block, stride, tau):
   return out
 
 
-@pytest.mark.parametrize("shape", ["full", "chunk"])
-@pytest.mark.parametrize("tau", [0.9, 0.5])
+@pytest.mark.parametrize("shape, tau", [
+    ("chunk", 0.9), ("full", 0.5), pytest.param("full", 0.9, marks=pytest.mark.slow),
+    pytest.param("chunk", 0.5, marks=pytest.mark.slow)])
 def test_selection_matches_numpy(shape, tau):
   b, t, s, h, hkv = th.SHAPES[shape]
   q, k, _ = th.inputs(th.SHAPES[shape])
@@ -74,8 +75,10 @@ def test_per_head_thresholds():
     assert np.array_equal(np.asarray(got), want.sum(-1))
 
 
-@pytest.mark.parametrize("shape", ["full", "chunk"])
-@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("shape, dtype", [
+    ("chunk", jnp.float32), ("full", jnp.bfloat16),
+    pytest.param("full", jnp.float32, marks=pytest.mark.slow),
+    pytest.param("chunk", jnp.bfloat16, marks=pytest.mark.slow)])
 def test_full_budget_equals_dense(shape, dtype):
   q, k, v = th.inputs(th.SHAPES[shape], dtype=dtype)
   out = attention(q, k, v, method="xattention", impl="xla", block=BLOCK, stride=STRIDE,
