@@ -16,19 +16,23 @@ from jaxllm.attention.sparse import _common
 
 def _method(name: str):
   selector = SELECTORS[name]
+  selector_params = inspect.signature(selector).parameters
 
-  def fn(q, k, v, *, impl="auto", causal=True, **options):
+  def fn(q, k, v, *, impl="auto", causal=True, scale=None, **options):
     _common.check_choice(name, "impl", impl, _common.IMPLS)
     _common.check_inputs(name, q, k, causal=causal)
+    if "scale" in selector_params:
+      options["scale"] = scale
     mask = selector(q, k, **options)
-    return _common.run(name, q, k, v, mask, impl=impl, scale=options.get("scale"))
+    return _common.run(name, q, k, v, mask, impl=impl, scale=scale)
 
   # The registry reads the keyword options off the signature: expose the selector's.
   params = [inspect.Parameter(p, inspect.Parameter.POSITIONAL_OR_KEYWORD) for p in "qkv"]
   params += [inspect.Parameter("impl", inspect.Parameter.KEYWORD_ONLY, default="auto"),
              inspect.Parameter("causal", inspect.Parameter.KEYWORD_ONLY, default=True)]
-  params += [p for p in inspect.signature(selector).parameters.values()
-             if p.kind is inspect.Parameter.KEYWORD_ONLY]
+  params += [p for p in selector_params.values()
+             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name != "scale"]
+  params.append(inspect.Parameter("scale", inspect.Parameter.KEYWORD_ONLY, default=None))
   fn.__signature__ = inspect.Signature(params)
   fn.__name__ = name
   fn.__doc__ = f"{name} prefill attention; options as ``jaxllm.attention.sparse.{name}.select``."
