@@ -12,6 +12,12 @@ code also takes per-head profiles: pass an [H] sequence). Rule:
 * per query block, key block 0 and the diagonal block (holding the block's last position) are
   kept, then the other blocks in descending score while the mass kept before each is below
   tau x the row's total; tau = 1 keeps every visible block (exact).
+
+``cut="public"`` reproduces what ``find_blocks_chunked`` computes for a one-chunk prefill
+(T == S): its forced diagonal overwrites the forced column 0, so only the diagonal's mass starts
+the sum, its cumulative sum lags one block, so each block is judged by the mass before the
+previous one (the first other block is always kept), and block 0 is kept anyway as the fill
+index of the dropped entries.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ import numpy as np
 from jaxllm.attention.sparse import _common as C
 
 METHOD = "xattention"
-DEFAULTS = dict(block=128, stride=8, threshold=0.9)
+CUTS = ("paper", "public")
+DEFAULTS = dict(block=128, stride=8, threshold=0.9, cut="paper")
 
 
 def check_options(*, block, stride, threshold, heads: int):
@@ -74,25 +81,30 @@ def block_scores(q, k, *, block: int, stride: int, scale: float):
 
 
 def select(q, k, *, block=DEFAULTS["block"], stride=DEFAULTS["stride"],
-           threshold=DEFAULTS["threshold"], scale=None):
+           threshold=DEFAULTS["threshold"], cut=DEFAULTS["cut"], scale=None):
   """XAttention's blocks per query head, a :class:`BlockTable` of ``block`` x ``block``."""
   C.check_inputs(METHOD, q, k)
   b, t, h, d = q.shape
   s = k.shape[1]
   tau = check_options(block=block, stride=stride, threshold=threshold, heads=h)
   scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
+  C.check_choice(METHOD, "cut", cut, CUTS)
   blocks = _blocks(q, k, block=block, stride=stride, tau=tuple(float(x) for x in tau),
-                   scale=scale)
+                   scale=scale, cut=cut)
   return C.table_from_mask(blocks, block_q=block, block_k=block)
 
 
-@functools.partial(jax.jit, static_argnames=("block", "stride", "tau", "scale"))
-def _blocks(q, k, *, block, stride, tau, scale):
+@functools.partial(jax.jit, static_argnames=("block", "stride", "tau", "scale", "cut"))
+def _blocks(q, k, *, block, stride, tau, scale, cut):
   t, s = q.shape[1], k.shape[1]
   scores, vis = block_scores(q, k, block=block, stride=stride, scale=scale)
   nq, nk = scores.shape[2:]
   diag = C.query_block_last(t, s, block) // block
-  forced = jnp.asarray((np.arange(nk)[None, :] == 0) | (np.arange(nk)[None, :] == diag[:, None]))
+  first = np.arange(nk)[None, :] == 0
+  forced = np.arange(nk)[None, :] == diag[:, None]
+  if cut == "paper":
+    forced |= first
+  forced = jnp.asarray(forced)
   vis = jnp.asarray(vis)
   scores = jnp.where(vis, scores, 0.0)
   total = scores.sum(-1, keepdims=True)
@@ -102,7 +114,9 @@ def _blocks(q, k, *, block, stride, tau, scale):
   sorted_o = jnp.where(jnp.isfinite(jnp.take_along_axis(others, order, -1)),
                        jnp.take_along_axis(others, order, -1), 0.0)
   before = forced_mass + jnp.cumsum(sorted_o, axis=-1) - sorted_o
+  if cut == "public":  # each block is judged by the mass before the previous one
+    before = jnp.concatenate([jnp.zeros_like(before[..., :1]), before[..., :-1]], axis=-1)
   tau_h = jnp.asarray(tau, jnp.float32)[None, :, None, None]
   keep_sorted = (before < tau_h * total) | (tau_h >= 1.0)
   keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), axis=-1)
-  return (keep | forced) & vis
+  return (keep | forced | jnp.asarray(first)) & vis
