@@ -98,7 +98,8 @@ def test_pallas_interpret_equals_xla():
 @pytest.mark.parametrize("options, word", [
     (dict(threshold=0.0), "threshold"), (dict(threshold=1.5), "threshold"),
     (dict(threshold=[0.9, 0.9]), "threshold"), (dict(stride=3), "stride"),
-    (dict(block=0), "block"), (dict(block=30, stride=4), "multiple of stride")])
+    (dict(block=0), "block"), (dict(block=30, stride=4), "multiple of stride"),
+    (dict(cut="official"), "cut")])
 def test_bad_options(options, word):
   q, k, _ = th.inputs(th.SHAPES["full"])
   with pytest.raises(ValueError, match=word):
