@@ -28,7 +28,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxllm.attention.sparse import _common as C
 

@@ -248,6 +248,9 @@ def select(q, k, *, index=None, fixed_len=None, threshold=None, block=DEFAULTS["
   elif not isinstance(index, SqueezedIndex):
     raise ValueError(f"{METHOD}: index must be a SqueezedIndex from prepare(), got "
                      f"{type(index).__name__}")
+  elif fixed_len is not None and fixed_len != index.fixed_len:
+    raise ValueError(f"{METHOD}: fixed_len must be None or the index's {index.fixed_len}, got "
+                     f"{fixed_len!r}")
   if index.labels.shape[:2] != (b, k.shape[2]) or index.fixed_len > s:
     raise ValueError(f"{METHOD}: index built for [B, Hkv] = {index.labels.shape[:2]} and "
                      f"F = {index.fixed_len}; got k {k.shape}")

@@ -10,7 +10,6 @@ import pytest
 
 from jaxllm.attention.sparse import minference, select
 from pallas_kernels.block_sparse.masks import dense_mask
-from tests.attention.sparse import helpers as th
 
 FIXTURES = np.load(os.path.join(os.path.dirname(__file__), "fixtures", "official.npz"))
 
