@@ -4,39 +4,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from jaxllm.inference import decode, policies
 from jaxllm.inference.policies import Policy
-from jaxllm.models import layers
-from jaxllm.models.transformer import build
+from tests.inference import helpers
+from tests.inference.helpers import VOCAB
+from tests.inference.helpers import full_sequence as _full_sequence
+from tests.inference.helpers import prompt as _prompt
+from tests.inference.helpers import rotated_qk as _rotated_qk
 
-VOCAB = 37
-
-
-def _model(style="llama", dtype="float32", **kw):
-  cfg = dict(style=style, vocab_size=VOCAB, d_model=32, num_layers=2, num_heads=4, max_len=64,
-             dtype=dtype)
-  cfg.update(kw)
-  return build(cfg, rngs=nnx.Rngs(0))
-
-
-def _prompt(b, t, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).integers(0, VOCAB, (b, t)), jnp.int32)
-
-
-def _full_sequence(prompt, tokens):
-  return jnp.concatenate([prompt, tokens[:, :-1]], axis=1)
-
-
-def _rotated_qk(block, x_BTD):
-  """A block's queries and keys for inputs x, rotary positions 0..T-1 applied."""
-  attn, cfg = block.attn, block.attn.cfg
-  h = block.attn_norm(x_BTD)
-  b, t, _ = h.shape
-  q = attn.wq(h).reshape(b, t, cfg.num_heads, cfg.dim_per_head)
-  k = attn.wk(h).reshape(b, t, cfg.kv_heads, cfg.dim_per_head)
-  return layers.rope(q, jnp.arange(t), cfg.rope_theta), layers.rope(k, jnp.arange(t), cfg.rope_theta)
+_model = helpers.model
 
 
 @pytest.mark.parametrize("style,kv_heads,t,n", [

@@ -11,25 +11,16 @@ from jaxllm import attention as attn_api
 from jaxllm.attention import registry
 from jaxllm.inference import decode
 from jaxllm.inference.policies import Policy
-from jaxllm.models import layers
-from jaxllm.models.transformer import build
+from tests.inference import helpers
+from tests.inference.helpers import VOCAB
+from tests.inference.helpers import full_sequence as _full_sequence
+from tests.inference.helpers import prompt as _prompt
 from pallas_kernels.block_sparse import masks as bs_masks
 
-VOCAB = 37
 
 
 def _model(style="llama", **kw):
-  cfg = dict(style=style, vocab_size=VOCAB, d_model=32, num_layers=1, num_heads=4, max_len=64)
-  cfg.update(kw)
-  return build(cfg, rngs=nnx.Rngs(0))
-
-
-def _prompt(b, t, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).integers(0, VOCAB, (b, t)), jnp.int32)
-
-
-def _full_sequence(prompt, tokens):
-  return jnp.concatenate([prompt, tokens[:, :-1]], axis=1)
+  return helpers.model(style, **{"num_layers": 1, **kw})
 
 
 @pytest.mark.parametrize("attention,options,tol", [
@@ -144,12 +135,9 @@ _decode_step = nnx.jit(decode.decode_step)
 
 def _queries(model, seq):
   """The one-layer model's rotated queries [T, H * D] and its per-head soft vote [T, T]."""
-  block, cfg = model.blocks[0], model.cfg
-  h = block.attn_norm(model.tok_embed(seq))
+  cfg = model.cfg
   t = seq.shape[1]
-  q = layers.rope(block.attn.wq(h).reshape(1, t, cfg.num_heads, -1), jnp.arange(t),
-                  cfg.rope_theta)
-  k = layers.rope(block.attn.wk(h).reshape(1, t, cfg.kv_heads, -1), jnp.arange(t), cfg.rope_theta)
+  q, k = helpers.rotated_qk(model.blocks[0], model.tok_embed(seq))
   logits = jnp.einsum("bthd,bshd->bhts", q, jnp.repeat(k, cfg.num_heads // cfg.kv_heads, 2)) * 8.0
   logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, -jnp.inf)
   vote = np.asarray(jax.nn.softmax(logits, -1).sum(axis=1))[0]
