@@ -17,6 +17,13 @@ import jax.numpy as jnp
 import numpy as np
 
 IMPLS = ("xla", "pallas", "auto")
+# How a method decodes one token at a time after its prefill (``jaxllm.inference``):
+#   dense: softmax over the KV cache under the method's window / sinks options;
+#   recurrent: the O(1) state of the decayed linear recurrence (``jaxllm.attention.linear.state``);
+#   sparse: softmax over the subset of the cache the method's options select, read through the
+#     sparse-decode kernel with ``impl='pallas'``.
+# None: the method has no cached decoding.
+DECODES = ("dense", "recurrent", "sparse", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +32,7 @@ class Method:
   fn: Callable
   impls: tuple[str, ...]
   options: tuple[str, ...]
+  decode: str | None = "dense"
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -32,16 +40,21 @@ _REGISTRY: dict[str, Method] = {}
 METHODS = types.MappingProxyType(_REGISTRY)
 
 
-def register(name: str, fn: Callable, impls: tuple[str, ...] = ("xla", "auto")) -> Callable:
-  """Registers ``fn`` under ``name``; ``impls`` lists the implementations it accepts."""
+def register(name: str, fn: Callable, impls: tuple[str, ...] = ("xla", "auto"),
+             decode: str | None = "dense") -> Callable:
+  """Registers ``fn`` under ``name``; ``impls`` lists the implementations it accepts and
+  ``decode`` (one of :data:`DECODES`) how it decodes after a prefill."""
   bad = [i for i in impls if i not in IMPLS]
   if bad:
     raise ValueError(f"attention method {name!r}: unknown impls {bad}; allowed: {list(IMPLS)}")
+  if decode not in DECODES:
+    raise ValueError(f"attention method {name!r}: decode={decode!r} unknown; allowed: "
+                     f"{list(DECODES)}")
   params = inspect.signature(fn).parameters
   options = tuple(
       p for p, spec in params.items()
       if spec.kind is inspect.Parameter.KEYWORD_ONLY and p not in ("impl", "causal"))
-  _REGISTRY[name] = Method(name, fn, tuple(impls), options)
+  _REGISTRY[name] = Method(name, fn, tuple(impls), options, decode)
   return fn
 
 

@@ -1,5 +1,7 @@
-"""KV-cache decoding (prefill, decode steps, generation) and cache eviction policies.
+"""Cached decoding through the model's own modules (prefill, decode steps, generation) and cache
+policies.
 
-``decode.generate`` serves softmax-attention decoders; ``policies`` holds the full, StreamingLLM and
-H2O caches and TokenSelect's per-step selection.
+``decode.generate`` serves every attention method with a registered decode rule; ``cache`` holds the
+per-layer KV caches and recurrent states the model's attention attends through; ``policies`` holds
+the full, StreamingLLM and H2O caches and TokenSelect's per-step selection.
 """

@@ -1,309 +1,240 @@
-"""KV-cache decoding for the softmax-attention decoder: prefill, decode steps and generation.
+"""Cached decoding through the model's own modules: prefill, decode steps and generation.
 
-``generate`` reads the prompt in one parallel pass (``prefill``), caches every layer's keys and
-values, then feeds one token at a time (``decode_step``) so each new token costs attention over the
-cache instead of a forward over the whole sequence. An eviction policy (``policies``) bounds the
-cache: after the prompt and after every step each kv head keeps at most ``policy.budget`` tokens.
-The prompt itself is read with full causal attention; the policy then cuts the cache using the
-prompt's accumulated attention (how H2O and StreamingLLM serve a long prompt).
+``generate`` reads the prompt in one parallel pass (``prefill``), then feeds one token at a time
+(``decode_step``) so each new token costs attention over the cache (or one recurrent update)
+instead of a forward over the whole sequence. Both are the model's own forward given per-layer
+caches (``cache``): embeddings, blocks, norms and head are the model's; each attention layer
+attends through its cache by its method's registered decode rule. Every registered method with a
+decode rule runs its own prefill, sparse prefill methods included.
 
-``forward_with_mask`` is the plain reference: the whole sequence in one pass with an explicit
-per-layer, per-kv-head visibility mask. With the causal mask it equals the model's own forward; with
-the sets of cached tokens each step attended to it equals what ``generate`` computed under an
+An eviction policy (``policies``) bounds a KV cache: after the prompt and after every step each kv
+head keeps at most ``policy.budget`` tokens; the prompt itself is read in full and the policy then
+cuts the cache (how H2O and StreamingLLM serve a long prompt). TokenSelect keeps the cache and
+picks the tokens each step attends to.
+
+Prompts of different lengths come as one padded [B, T] array with ``lengths`` [B]; ``padding``
+says on which side the padding sits. Each row continues from its own last token.
+
+``forward_with_mask`` is the model's forward with an explicit per-layer, per-kv-head visibility:
+with the sets of cached tokens each step attended to it equals what ``generate`` computed under an
 evicting policy. The tests compare the two.
 
-Supported models: ``io='tokens'``, the standard pre-norm block and ``attention='dense'`` (options
-``scale``, ``softcap``, ``window``, ``sinks`` are honoured). Other attention methods have their own
-decoders (e.g. the recurrent form of linear attention) and are refused here by name.
+Supported models: ``io='tokens'``, the standard pre-norm block, any attention method whose
+registered ``decode`` is not None.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import NamedTuple
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxllm import attention as attn_api
 from jaxllm.attention import masks
-from jaxllm.inference import policies
-from jaxllm.inference.policies import Policy
-from jaxllm.models import layers
+from jaxllm.inference import cache as cache_lib
+from jaxllm.inference.policies import POLICIES, Policy
 
-DENSE_OPTIONS = ("scale", "softcap", "window", "sinks")
-
-
-class LayerCache(NamedTuple):
-  k: jax.Array  # [B, S, Hkv, D], rotary positions applied
-  v: jax.Array  # [B, S, Hkv, D]
-  pos: jax.Array  # int32 [B, Hkv, S]: original position of each slot's token, -1 when empty
-  score: jax.Array  # float32 [B, Hkv, S]: attention accumulated over every query that saw it
+PADDING = ("right", "left")
 
 
-class KVCache(NamedTuple):
-  layers: tuple  # one LayerCache per block
-  length: jax.Array  # int32 scalar: tokens read so far (the position of the next token)
+@flax.struct.dataclass
+class Cache:
+  layers: tuple  # one layer cache per block (``cache.KVLayer`` or ``cache.StateLayer``)
+  length: jax.Array  # int32 [B]: each row's tokens so far (the position of its next token)
 
 
 def check_model(model) -> None:
-  """Raises a ValueError naming the field when ``model`` cannot be decoded with a KV cache."""
+  """Raises a ValueError naming the field when ``model`` cannot be decoded with a cache."""
   cfg = model.cfg
   if cfg.io != "tokens":
-    raise ValueError(f"KV-cache decoding needs model.io='tokens', got {cfg.io!r}")
+    raise ValueError(f"cached decoding needs model.io='tokens', got {cfg.io!r}")
   if cfg.block != "standard":
-    raise ValueError(f"KV-cache decoding supports model.block='standard', got {cfg.block!r}")
-  if cfg.attention != "dense":
-    raise ValueError(f"KV-cache decoding is for softmax attention (model.attention='dense'), got "
-                     f"{cfg.attention!r}; linear methods decode with their recurrent form")
-  bad = sorted(set(dict(cfg.attention_options)) - set(DENSE_OPTIONS))
-  if bad:
-    raise ValueError(f"KV-cache decoding: model.attention_options {bad} unsupported; allowed: "
-                     f"{list(DENSE_OPTIONS)}")
+    raise ValueError(f"cached decoding supports model.block='standard', got {cfg.block!r}")
+  method = attn_api.get(cfg.attention)
+  if method.decode is None:
+    decodable = sorted(n for n, m in attn_api.METHODS.items() if m.decode is not None)
+    raise ValueError(f"model.attention={cfg.attention!r} has no cached decoding; methods that "
+                     f"have one: {decodable}")
 
 
-def _options(cfg):
-  o = dict(cfg.attention_options)
-  scale = o.get("scale")
-  return (1.0 / math.sqrt(cfg.dim_per_head) if scale is None else float(scale), o.get("softcap"),
-          o.get("window"), int(o.get("sinks", 0) or 0))
+def as_policy(policy) -> Policy:
+  """``policy`` as a :class:`Policy`: None (full cache), a Policy, or a name that needs no other
+  field (``'full'``)."""
+  if policy is None:
+    return Policy()
+  if isinstance(policy, Policy):
+    return policy
+  if isinstance(policy, str):
+    try:
+      return Policy(policy)
+    except ValueError as e:
+      raise ValueError(f"policy={policy!r}: {e}; allowed names {list(POLICIES)}, or pass "
+                       f"Policy({policy!r}, budget=...)") from None
+  raise ValueError(f"policy must be a Policy, None or one of {list(POLICIES)}, got "
+                   f"{type(policy).__name__}")
 
 
-def _qkv(attn, x_BTD, positions_T):
-  cfg = attn.cfg
-  b, t, _ = x_BTD.shape
-  q = attn.wq(x_BTD).reshape(b, t, cfg.num_heads, cfg.dim_per_head)
-  k = attn.wk(x_BTD).reshape(b, t, cfg.kv_heads, cfg.dim_per_head)
-  v = attn.wv(x_BTD).reshape(b, t, cfg.kv_heads, cfg.dim_per_head)
-  if cfg.positions == "rope":
-    q = layers.rope(q, positions_T, cfg.rope_theta, cfg.rope_scaling)
-    k = layers.rope(k, positions_T, cfg.rope_theta, cfg.rope_scaling)
-  return q, k, v
-
-
-def _probs(cfg, q, k, visible):
-  """Softmax weights [B, Hkv, G, T, S] of q [B, T, H, D] over k [B, S, Hkv, D] where ``visible``
-  [B, Hkv, T, S] is True (float32 logits; rows with nothing visible are 0)."""
-  b, t, h, d = q.shape
-  hkv = k.shape[2]
-  scale, softcap, _, _ = _options(cfg)
-  q_g = q.reshape(b, t, hkv, h // hkv, d)
-  logits = jnp.einsum("btkgd,bskd->bkgts", q_g, k, preferred_element_type=jnp.float32) * scale
-  if softcap is not None:
-    logits = softcap * jnp.tanh(logits / softcap)
-  logits = jnp.where(visible[:, :, None], logits, -jnp.inf)
-  m = jnp.max(logits, axis=-1, keepdims=True)
-  p = jnp.exp(logits - jnp.where(jnp.isfinite(m), m, 0.0))
-  denom = jnp.sum(p, axis=-1, keepdims=True)
-  return p / jnp.where(denom == 0, 1.0, denom)
-
-
-def _attend(cfg, q, k, v, visible):
-  """Softmax attention (see :func:`_probs`). Returns (out [B, T, H, D], probs [B, Hkv, G, T, S])."""
-  b, t, h, d = q.shape
-  p = _probs(cfg, q, k, visible)
-  o = jnp.einsum("bkgts,bskd->btkgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-  return o.reshape(b, t, h, d).astype(q.dtype), p
-
-
-def _model_visible(cfg, q_pos, k_pos):
-  """The model's own mask between a query position and cached slots' positions (any shape, -1 for
-  an empty slot): ``attention.masks.visible``'s causal window / sinks rule, elementwise."""
-  _, _, window, sinks = _options(cfg)
-  ok = (k_pos >= 0) & (k_pos <= q_pos)
-  if window is not None:
-    ok = ok & ((k_pos > q_pos - window) | (k_pos < sinks))
-  return ok
-
-
-def _embed(model, tokens_BT, positions_T):
-  x = model.tok_embed(tokens_BT)
-  if model.cfg.positions == "learned":
-    x = x + model.pos_embed(positions_T)[None]
-  return x
-
-
-def _logits(model, x_BTD):
-  y = model.final_norm(x_BTD)
-  out = model.tok_embed.attend(y) if model.cfg.tie_embeddings else model.lm_head(y)
-  return out.astype(jnp.float32)
-
-
-def _block(block, x_BTD, attend_fn):
-  """One pre-norm block; ``attend_fn(normed x) -> (attention out [B, T, H, D], aux)``."""
-  h = block.attn_norm(x_BTD)
-  b, t, _ = h.shape
-  o, aux = attend_fn(h)
-  cfg = block.attn.cfg
-  x_BTD = x_BTD + block.attn.wo(o.reshape(b, t, cfg.num_heads * cfg.dim_per_head))
-  return x_BTD + block.mlp(block.mlp_norm(x_BTD)), aux
+def causal_mask(cfg, t):
+  """The model's own [T, T] visibility (causal plus its window / sinks options)."""
+  _, _, window, sinks = cache_lib.mask_options(cfg.attention, dict(cfg.attention_options),
+                                               cfg.dim_per_head)
+  return masks.visible(*masks.positions(t, t), causal=True, window=window, sinks=sinks)
 
 
 def forward_with_mask(model, tokens_BT, visible):
-  """Reference forward: logits [B, T, V] with attention restricted to ``visible``.
+  """The model's logits [B, T, V] with every attention layer restricted to ``visible``.
 
   Args:
-    model: a decodable Transformer (see :func:`check_model`).
+    model: a Transformer whose method decodes over a KV cache (softmax attention).
     tokens_BT: int token ids [B, T].
     visible: bool, broadcastable to [num_layers, B, Hkv, T, T]: query row, key column.
   """
   check_model(model)
   cfg = model.cfg
+  if attn_api.get(cfg.attention).decode == "recurrent":
+    raise ValueError(f"forward_with_mask is for softmax attention, not model.attention="
+                     f"{cfg.attention!r}")
   b, t = tokens_BT.shape
   vis = jnp.broadcast_to(visible, (cfg.num_layers, b, cfg.kv_heads, t, t))
-  positions = jnp.arange(t)
-  x = _embed(model, tokens_BT, positions)
-  for i, block in enumerate(model.blocks):
-    def attend(h, i=i, block=block):
-      q, k, v = _qkv(block.attn, h, positions)
-      return _attend(cfg, q, k, v, vis[i])
-    x, _ = _block(block, x, attend)
-  return _logits(model, x)
+  logits, _ = model(tokens_BT, cache=tuple(cache_lib.Masked(vis[i]) for i in range(len(vis))))
+  return logits
 
 
-def causal_mask(cfg, t):
-  """The model's own [T, T] visibility (causal plus its window / sinks options)."""
-  _, _, window, sinks = _options(cfg)
-  return masks.visible(*masks.positions(t, t), causal=True, window=window, sinks=sinks)
+def _empty(model, policy: Policy, lengths, slots):
+  if attn_api.get(model.cfg.attention).decode == "recurrent":
+    return cache_lib.StatePrefill(lengths)
+  return cache_lib.KVPrefill(lengths, policy, slots)
 
 
-def _compact(keep, arrays, slots):
-  """Moves the kept entries (True in ``keep`` [B, Hkv, T]) to the front, ``slots`` wide."""
-  order = jnp.argsort(~keep, axis=-1, stable=True)[..., :slots]  # kept first, in position order
-  return [jnp.take_along_axis(a, order, axis=-1) for a in arrays], jnp.take_along_axis(
-      keep, order, axis=-1), order
+def prefill(model, tokens_BT, policy: Policy, max_new_tokens: int, lengths=None):
+  """Reads right-padded prompts in one pass of the model and builds the cache.
 
-
-def prefill(model, tokens_BT, policy: Policy, max_new_tokens: int):
-  """Reads the prompt in one pass and builds the cache.
-
-  Returns (logits of the last prompt position [B, V], cache). The cache has
-  ``policy.slots(T + max_new_tokens)`` slots per layer and kv head, holding at most
+  Returns (logits of each row's last prompt token [B, V], cache). A KV cache has
+  ``policy.slots(T + max_new_tokens)`` slots per layer and kv head and holds at most
   ``policy.budget`` tokens.
   """
   check_model(model)
-  cfg = model.cfg
   b, t = tokens_BT.shape
+  lengths = (jnp.full((b,), t, jnp.int32) if lengths is None
+             else jnp.asarray(lengths, jnp.int32))
   slots = max(policy.slots(t + max_new_tokens), 1)
-  positions = jnp.arange(t)
-  vis = jnp.broadcast_to(causal_mask(cfg, t), (b, cfg.kv_heads, t, t))
-  x = _embed(model, tokens_BT, positions)
-  caches = []
-  for block in model.blocks:
-    def attend(h, block=block):
-      q, k, v = _qkv(block.attn, h, positions)
-      o, p = _attend(cfg, q, k, v, vis)
-      return o, (k, v, p.sum(axis=(2, 3)))  # score: summed over the group's heads and queries
-    x, (k, v, score) = _block(block, x, attend)
-    pos = jnp.broadcast_to(positions.astype(jnp.int32), (b, cfg.kv_heads, t))
-    pos, score = policies.cut(policy, pos, score, t - 1)
-    if slots >= t:  # room for the whole prompt: pad with empty slots
-      pad = slots - t
-      pos = jnp.pad(pos, ((0, 0), (0, 0), (0, pad)), constant_values=-1)
-      score = jnp.pad(score, ((0, 0), (0, 0), (0, pad)))
-      k = jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0)))
-      v = jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0)))
-    else:  # gather each kv head's kept tokens into the first slots
-      (pos, score), keep, order = _compact(pos >= 0, [pos, score], slots)
-      pos, score = jnp.where(keep, pos, -1), jnp.where(keep, score, 0.0)
-      idx = jnp.moveaxis(order, 1, 2)[..., None]  # [B, slots, Hkv, 1]
-      k = jnp.take_along_axis(k, idx, axis=1)
-      v = jnp.take_along_axis(v, idx, axis=1)
-    caches.append(LayerCache(k, v, pos, score))
-  logits = _logits(model, x[:, -1:])[:, 0]
-  return logits, KVCache(tuple(caches), jnp.asarray(t, jnp.int32))
+  empty = tuple(_empty(model, policy, lengths, slots) for _ in model.blocks)
+  logits, layers = model(tokens_BT, cache=empty, output_index=lengths - 1)
+  return logits[:, 0], Cache(layers, lengths)
 
 
-def decode_step(model, cache: KVCache, tokens_B, policy: Policy):
-  """Feeds one token per sequence at position ``cache.length``.
+def decode_step(model, cache: Cache, tokens_B):
+  """Feeds one token per row at its position ``cache.length``.
 
-  Returns (logits [B, V] for the next position, the updated cache, the positions each layer's kv
-  heads attended to this step: a tuple of int32 [B, Hkv, S], -1 for unused slots).
+  Returns (logits [B, V] for the next position, the updated cache, per layer the positions its kv
+  heads attended to this step: int32 [B, Hkv, S], -1 for unused slots; None for a recurrent
+  layer).
   """
-  cfg = model.cfg
-  now = cache.length
-  positions = now[None]
-  x = _embed(model, tokens_B[:, None], positions)
-  new_layers, attended = [], []
-  for block, lc in zip(model.blocks, cache.layers):
-    def attend(h, block=block, lc=lc):
-      q, k, v = _qkv(block.attn, h, positions)
-      hit = jax.nn.one_hot(policies.free_slot(lc.pos), lc.pos.shape[-1], dtype=bool)  # [B,Hkv,S]
-      pos = jnp.where(hit, now, lc.pos)
-      score = jnp.where(hit, 0.0, lc.score)
-      hit_s = jnp.moveaxis(hit, 1, 2)[..., None]  # [B, S, Hkv, 1]
-      kc = jnp.where(hit_s, k, lc.k)
-      vc = jnp.where(hit_s, v, lc.v)
-      visible = _model_visible(cfg, now, pos)  # [B, Hkv, S]
-      if policy.name == "tokenselect":  # no eviction: every kv head holds the same positions
-        p = _probs(cfg, q, kc, visible[:, :, None, :])
-        vote = p.sum(axis=(1, 2, 3))[:, None, :]  # softmax weights summed over all query heads
-        visible = policies.select_mask(policy, pos, visible, vote, now)
-      o, p = _attend(cfg, q, kc, vc, visible[:, :, None, :])
-      return o, (kc, vc, pos, score + p.sum(axis=(2, 3)), visible)
-    x, (kc, vc, pos, score, visible) = _block(block, x, attend)
-    attended.append(jnp.where(visible, pos, -1))
-    pos, score = policies.cut(policy, pos, score, now)
-    new_layers.append(LayerCache(kc, vc, pos, score))
-  logits = _logits(model, x)[:, 0]
-  return logits, KVCache(tuple(new_layers), now + 1), tuple(attended)
+  logits, layers = model(tokens_B[:, None], positions=cache.length[:, None], cache=cache.layers)
+  attended = tuple(getattr(lc, "attended", None) for lc in layers)
+  return logits[:, 0], Cache(layers, cache.length + 1), attended
 
 
-def generate(model, prompt_BT, max_new_tokens: int, policy: Policy | None = None, *,
-             temperature: float = 0.0, rng=None, return_trace: bool = False):
-  """Generates ``max_new_tokens`` tokens after ``prompt_BT`` with a KV cache.
+def _number(name, value, ok, allowed):
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+    raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
-  Args:
-    model: a decodable Transformer (see :func:`check_model`).
-    prompt_BT: int token ids [B, T], T >= 1 (every sequence the same length).
-    max_new_tokens: tokens to generate (>= 1).
-    policy: cache eviction policy; default ``Policy('full')``.
-    temperature: 0 for greedy decoding, else sampling from softmax(logits / temperature).
-    rng: a jax PRNG key, needed when temperature > 0.
-    return_trace: also return, per decode step, the positions each layer attended to.
 
-  Returns:
-    dict with ``tokens`` int32 [B, N], ``logits`` float32 [B, N, V] (the distribution each token
-    was chosen from) and, with ``return_trace``, ``attended``: a list (one per step after the
-    first token) of tuples of int32 [B, Hkv, S] per layer.
-  """
-  check_model(model)
-  policy = Policy() if policy is None else policy
+def _check_prompt(model, prompt_BT, extra: int, lengths, padding: str):
+  """Validates the prompt; returns it right-padded and its lengths [B] (int32)."""
   prompt_BT = jnp.asarray(prompt_BT)
   if prompt_BT.ndim != 2 or prompt_BT.shape[1] < 1:
     raise ValueError(f"prompt must be int token ids [B, T] with T >= 1, got shape {prompt_BT.shape}")
   if not jnp.issubdtype(prompt_BT.dtype, jnp.integer):
     raise ValueError(f"prompt must hold integer token ids, got dtype {prompt_BT.dtype}")
+  if padding not in PADDING:
+    raise ValueError(f"padding={padding!r} unknown; allowed: {list(PADDING)}")
+  b, t = prompt_BT.shape
+  if lengths is None:
+    lengths = np.full((b,), t, np.int32)
+  else:
+    lengths = np.asarray(lengths)
+    if (lengths.shape != (b,) or not np.issubdtype(lengths.dtype, np.integer)
+        or lengths.min() < 1 or lengths.max() > t):
+      raise ValueError(f"lengths must be int [B] = [{b}] with 1 <= lengths <= T = {t}, got "
+                       f"{lengths.tolist()}")
+  cfg = model.cfg
+  need = int(lengths.max()) + extra - 1
+  if cfg.positions == "learned" and need > cfg.max_len:
+    raise ValueError(f"prompt plus new tokens needs {need} positions, more than the model's "
+                     f"learned max_len={cfg.max_len}")
+  idx = np.arange(t)[None] + (t - lengths[:, None] if padding == "left" else 0)
+  prompt_BT = jnp.take_along_axis(prompt_BT, jnp.asarray(idx % t), axis=1)  # right-padded
+  real = prompt_BT[jnp.asarray(np.arange(t)[None] < lengths[:, None])]
+  if int(jnp.min(real)) < 0 or int(jnp.max(real)) >= cfg.vocab_size:
+    raise ValueError(f"prompt token ids must lie in [0, vocab_size={cfg.vocab_size})")
+  return prompt_BT, jnp.asarray(lengths, jnp.int32)
+
+
+def sample(logits_BV, key, *, temperature: float, top_p: float = 1.0):
+  """Greedy (temperature 0) or a draw from softmax(logits / temperature), restricted with
+  ``top_p`` < 1 to the smallest set of most likely tokens whose probability reaches top_p
+  (nucleus sampling, Holtzman et al. 2020)."""
+  if temperature == 0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits = logits_BV / temperature
+  if top_p < 1:
+    order = jnp.argsort(-logits, axis=-1)
+    probs = jax.nn.softmax(jnp.take_along_axis(logits, order, axis=-1), axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the more likely tokens
+    drop = jnp.zeros_like(before, bool).at[
+        jnp.arange(logits.shape[0])[:, None], order].set(before >= top_p)
+    logits = jnp.where(drop, -jnp.inf, logits)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def generate(model, prompt_BT, max_new_tokens: int, policy=None, *, lengths=None,
+             padding: str = "right", temperature: float = 0.0, top_p: float = 1.0, rng=None,
+             return_trace: bool = False):
+  """Generates ``max_new_tokens`` tokens after each prompt with a cache.
+
+  Args:
+    model: a decodable Transformer (see :func:`check_model`).
+    prompt_BT: int token ids [B, T], T >= 1.
+    max_new_tokens: tokens to generate (>= 1).
+    policy: a cache :class:`Policy`, a policy name that needs no budget, or None (full cache).
+    lengths: int [B] real prompt tokens per row (default: all T); the rest is padding.
+    padding: ``right`` (row b is ``prompt[b, :lengths[b]]``) or ``left`` (``prompt[b, T - L:]``).
+    temperature: 0 for greedy decoding, else sampling from softmax(logits / temperature).
+    top_p: nucleus sampling mass in (0, 1]; below 1 needs temperature > 0.
+    rng: a jax PRNG key, needed when temperature > 0.
+    return_trace: also return, per decode step, the positions each layer attended to.
+
+  Returns:
+    dict with ``tokens`` int32 [B, N], ``logits`` float32 [B, N, V] (the model's logits each token
+    was chosen from) and, with ``return_trace``, ``attended``: a list (one per step after the
+    first token) of per-layer int32 [B, Hkv, S].
+  """
+  check_model(model)
+  policy = as_policy(policy)
   if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
-  if temperature < 0:
-    raise ValueError(f"temperature must be >= 0, got {temperature}")
+  _number("temperature", temperature, lambda x: 0 <= x < math.inf, "a finite number >= 0")
+  _number("top_p", top_p, lambda x: 0 < x <= 1, "a number in (0, 1]")
+  if top_p < 1 and temperature == 0:
+    raise ValueError(f"top_p={top_p} needs temperature > 0 (greedy decoding takes the argmax)")
   if temperature > 0 and rng is None:
     raise ValueError("sampling (temperature > 0) needs rng, a jax PRNG key")
-  cfg = model.cfg
-  total = prompt_BT.shape[1] + max_new_tokens
-  if cfg.positions == "learned" and total - 1 > cfg.max_len:
-    raise ValueError(f"prompt plus max_new_tokens needs {total - 1} positions, more than the "
-                     f"model's learned max_len={cfg.max_len}")
-  vocab = cfg.vocab_size
-  if int(jnp.min(prompt_BT)) < 0 or int(jnp.max(prompt_BT)) >= vocab:
-    raise ValueError(f"prompt token ids must lie in [0, vocab_size={vocab})")
-
-  def choose(logits, key):
-    if temperature == 0:
-      return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    return jax.random.categorical(key, logits / temperature, axis=-1).astype(jnp.int32)
-
+  prompt_BT, lengths = _check_prompt(model, prompt_BT, max_new_tokens, lengths, padding)
   keys = (jax.random.split(rng, max_new_tokens) if temperature > 0
           else [None] * max_new_tokens)
-  logits, cache = _first(model, policy, max_new_tokens, prompt_BT)
+  choose = lambda logits, key: sample(logits, key, temperature=temperature, top_p=top_p)
+  logits, cache = _first(model, policy, max_new_tokens, prompt_BT, lengths)
   out_tokens, out_logits, trace = [], [logits], []
   tok = choose(logits, keys[0])
   out_tokens.append(tok)
   for i in range(1, max_new_tokens):
-    logits, cache, attended = _step(model, policy, cache, tok)
+    logits, cache, attended = _step(model, cache, tok)
     if return_trace:
       trace.append(attended)
     tok = choose(logits, keys[i])
@@ -315,7 +246,7 @@ def generate(model, prompt_BT, max_new_tokens: int, policy: Policy | None = None
   return result
 
 
-def teacher_forced(model, prompt_BT, continuation_BN, policy: Policy | None = None):
+def teacher_forced(model, prompt_BT, continuation_BN, policy=None):
   """Scores a given continuation through the cache: the prompt is prefilled, then the continuation
   is fed one token at a time (as in generation, but with the given tokens).
 
@@ -324,27 +255,23 @@ def teacher_forced(model, prompt_BT, continuation_BN, policy: Policy | None = No
   and retrieval under a bounded cache).
   """
   check_model(model)
-  policy = Policy() if policy is None else policy
+  policy = as_policy(policy)
   prompt_BT, continuation_BN = jnp.asarray(prompt_BT), jnp.asarray(continuation_BN)
   if (prompt_BT.ndim != 2 or continuation_BN.ndim != 2 or prompt_BT.shape[1] < 1
       or continuation_BN.shape[1] < 1 or prompt_BT.shape[0] != continuation_BN.shape[0]):
     raise ValueError("teacher_forced: prompt [B, T] and continuation [B, N] (T, N >= 1, same B) "
                      f"expected, got {prompt_BT.shape} and {continuation_BN.shape}")
-  n = continuation_BN.shape[1]
-  total = prompt_BT.shape[1] + n
-  if model.cfg.positions == "learned" and total - 1 > model.cfg.max_len:
-    raise ValueError(f"prompt plus continuation needs {total - 1} positions, more than the "
-                     f"model's learned max_len={model.cfg.max_len}")
-  return _forced(model, policy, prompt_BT, continuation_BN)
+  prompt_BT, lengths = _check_prompt(model, prompt_BT, continuation_BN.shape[1], None, "right")
+  return _forced(model, policy, prompt_BT, continuation_BN, lengths)
 
 
 # Compiled once per (model structure, policy, shapes); the policy is a static argument.
 @functools.partial(nnx.jit, static_argnums=(1,))
-def _forced(model, policy, prompt, cont):
-  logits, cache = prefill(model, prompt, policy, cont.shape[1])
+def _forced(model, policy, prompt, cont, lengths):
+  logits, cache = prefill(model, prompt, policy, cont.shape[1], lengths)
 
   def body(cache, tok):
-    logits, cache, _ = decode_step(model, cache, tok, policy)
+    logits, cache, _ = decode_step(model, cache, tok)
     return cache, logits
 
   _, rest = jax.lax.scan(body, cache, cont[:, :-1].T)
@@ -352,13 +279,13 @@ def _forced(model, policy, prompt, cont):
 
 
 @functools.partial(nnx.jit, static_argnums=(1, 2))
-def _first(model, policy, max_new_tokens, prompt):
-  return prefill(model, prompt, policy, max_new_tokens)
+def _first(model, policy, max_new_tokens, prompt, lengths):
+  return prefill(model, prompt, policy, max_new_tokens, lengths)
 
 
-@functools.partial(nnx.jit, static_argnums=(1,))
-def _step(model, policy, cache, tokens):
-  return decode_step(model, cache, tokens, policy)
+@nnx.jit
+def _step(model, cache, tokens):
+  return decode_step(model, cache, tokens)
 
 
 def trace_mask(cfg, prompt_len: int, attended, batch: int):

@@ -16,8 +16,12 @@ tokens each step attends to. Policies:
 * ``tokenselect`` (TokenSelect): evicts nothing; at every decode step each layer attends to at
   most ``budget`` tokens: the first ``sinks``, the latest ``recent`` and, among the rest, the ones
   with the largest soft vote (each query head's softmax of q.k over the cache, summed over the
-  layer's heads). The paper's selection cache (reusing the last selection when consecutive queries
-  are similar) is not implemented: every step selects afresh.
+  layer's heads). Its selection cache reuses a layer's last vote-chosen tokens (the sinks and
+  recent tokens are always fresh) while the step's query stays similar to the query that chose
+  them: cosine similarity of the flattened [H * D] queries above ``threshold`` (0.9, the official
+  code's ``similarity_threshold``). ``impl='pallas'`` reads only the selected tokens through the
+  sparse-decode kernel (``pallas_kernels.sparse_decode``; interpreted on CPU); ``auto`` takes the
+  kernel on GPU / TPU and the masked softmax elsewhere.
 
 Token positions are kept with the cached keys (rotary positions are applied before caching), so an
 evicted cache still scores each key at its original position.
@@ -30,6 +34,7 @@ import dataclasses
 import jax.numpy as jnp
 
 POLICIES = ("full", "streaming", "h2o", "tokenselect")
+IMPLS = ("xla", "pallas", "auto")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +44,8 @@ class Policy:
   budget: int | None = None  # None: unbounded (only for "full")
   sinks: int = 4  # streaming, tokenselect: tokens kept from the start of the sequence
   recent: int | None = None  # h2o, tokenselect: latest tokens always kept; None -> budget // 2
+  threshold: float = 0.9  # tokenselect: reuse the selection above this query cosine similarity
+  impl: str = "auto"  # tokenselect: how the selected subset is read (see the module docstring)
 
   def __post_init__(self):
     if self.name not in POLICIES:
@@ -56,6 +63,12 @@ class Policy:
         self.sinks >= 0 and self.num_recent >= 1 and self.sinks + self.num_recent <= b):
       raise ValueError(f"tokenselect policy: need sinks >= 0, recent >= 1 and sinks + recent <= "
                        f"budget={b}; got sinks={self.sinks}, recent={self.num_recent}")
+    t = self.threshold
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not -1 <= t <= 1:
+      raise ValueError(f"policy.threshold must be a number in [-1, 1] (1: never reuse a "
+                       f"selection, -1: always), got {t!r}")
+    if self.impl not in IMPLS:
+      raise ValueError(f"policy.impl={self.impl!r} unknown; allowed: {list(IMPLS)}")
 
   @property
   def num_recent(self) -> int:
@@ -118,9 +131,14 @@ def select_mask(policy: Policy, pos, visible, vote, now):
     bool [..., S]: the sinks, the ``recent`` latest tokens, and the best-voted others, at most
     ``policy.budget`` in all.
   """
-  protected = visible & ((pos < policy.sinks) | (pos > now - policy.num_recent))
+  protected = fixed_mask(policy, pos, visible, now)
   room = policy.budget - jnp.sum(protected, axis=-1, keepdims=True)
   return protected | _lowest_ranks(visible & ~protected, -vote.astype(jnp.float32), room)
+
+
+def fixed_mask(policy: Policy, pos, visible, now):
+  """TokenSelect's always-attended tokens: the visible sinks and the ``recent`` latest."""
+  return visible & ((pos < policy.sinks) | (pos > now - policy.num_recent))
 
 
 def cut(policy: Policy, pos, score, now):

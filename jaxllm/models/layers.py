@@ -50,12 +50,12 @@ def rope_frequencies(d: int, theta: float, scaling: tuple = ()) -> jax.Array:
 
 
 def rope(x_BTHD: jax.Array, positions_T: jax.Array, theta: float, scaling: tuple = ()) -> jax.Array:
-  """Rotary embedding (rotate-half convention) applied in float32; ``scaling`` as in
-  :func:`rope_frequencies`."""
+  """Rotary embedding (rotate-half convention) in float32; positions [T] or per row [B, T];
+  ``scaling`` as in :func:`rope_frequencies`."""
   freq = rope_frequencies(x_BTHD.shape[-1], theta, scaling)
-  angle_TF = positions_T.astype(jnp.float32)[:, None] * freq[None, :]
-  sin = jnp.sin(angle_TF)[None, :, None, :]
-  cos = jnp.cos(angle_TF)[None, :, None, :]
+  angle = positions_T.astype(jnp.float32)[..., None] * freq  # [T, F] or [B, T, F]
+  sin = jnp.sin(angle)[..., None, :]
+  cos = jnp.cos(angle)[..., None, :]
   x1, x2 = jnp.split(x_BTHD.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x_BTHD.dtype)
@@ -106,7 +106,12 @@ class Attention(nnx.Module):
     self.wo = linear(cfg, h * dh, d, rngs=rngs, std=0.02 / math.sqrt(2 * cfg.num_layers))
     self.options = attention_options(cfg, layer_index)
 
-  def __call__(self, x_BTD, positions_T):
+  def __call__(self, x_BTD, positions_T, cache=None):
+    """Self-attention of x [B, T, E] at ``positions_T`` ([T] or per row [B, T]).
+
+    With a layer ``cache`` (``jaxllm.inference.cache``) the cache attends, by the method's
+    registered decode rule, and the call returns (out, updated cache).
+    """
     b, t, _ = x_BTD.shape
     cfg = self.cfg
     q = self.wq(x_BTD).reshape(b, t, cfg.num_heads, cfg.dim_per_head)
@@ -115,6 +120,10 @@ class Attention(nnx.Module):
     if cfg.positions == "rope":
       q = rope(q, positions_T, cfg.rope_theta, cfg.rope_scaling)
       k = rope(k, positions_T, cfg.rope_theta, cfg.rope_scaling)
+    if cache is not None:
+      o, cache = cache.attend(q, k, v, positions_T, method=cfg.attention,
+                              impl=cfg.attention_impl, options=self.options)
+      return self.wo(o.reshape(b, t, cfg.num_heads * cfg.dim_per_head)), cache
     o = attn_api.attention(q, k, v, method=cfg.attention, impl=cfg.attention_impl, causal=True,
                            **self.options)
     return self.wo(o.reshape(b, t, cfg.num_heads * cfg.dim_per_head))
@@ -129,6 +138,11 @@ class Block(nnx.Module):
     self.mlp_norm = norm(cfg, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x_BTD, positions_T):
-    x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_T)
-    return x_BTD + self.mlp(self.mlp_norm(x_BTD))
+  def __call__(self, x_BTD, positions_T, cache=None):
+    """With a layer ``cache`` returns (x, updated cache); see :meth:`Attention.__call__`."""
+    if cache is None:
+      x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_T)
+      return x_BTD + self.mlp(self.mlp_norm(x_BTD))
+    a, cache = self.attn(self.attn_norm(x_BTD), positions_T, cache)
+    x_BTD = x_BTD + a
+    return x_BTD + self.mlp(self.mlp_norm(x_BTD)), cache

@@ -38,16 +38,23 @@ class Transformer(nnx.Module):
     else:
       self.read_out = layers.linear(cfg, d, cfg.output_dim, rngs=rngs, use_bias=True)
 
-  def __call__(self, inputs, *, return_hidden: bool = False):
+  def __call__(self, inputs, *, return_hidden: bool = False, positions=None, cache=None,
+               output_index=None):
     """Runs the model.
 
     Args:
       inputs: int token ids [B, T] (``io='tokens'``) or real vectors [B, T, input_dim].
       return_hidden: also return the residual stream after the embedding and after every block.
+      positions: int positions of the inputs, [T] or per row [B, T]; default 0..T-1.
+      cache: one layer cache per block (``jaxllm.inference.cache``): every attention layer then
+        attends through its cache (prefill or a decode step) and the caches come back updated.
+      output_index: int [B]: compute the outputs only at this column of each row ([B, 1, ...]),
+        e.g. a prompt's last token.
 
     Returns:
       float32 outputs [B, T, vocab_size or output_dim]; with ``return_hidden`` a pair
-      (outputs, hidden) where hidden is a list of num_layers + 1 arrays [B, T, d_model].
+      (outputs, hidden) where hidden is a list of num_layers + 1 arrays [B, T, d_model]; with a
+      ``cache`` the outputs (or that pair) and the updated caches as a tuple.
     """
     cfg = self.cfg
     t = inputs.shape[1]
@@ -60,13 +67,22 @@ class Transformer(nnx.Module):
         raise ValueError(
             f"input vectors have dim {inputs.shape[-1]}, model.input_dim={cfg.input_dim}")
       x_BTD = self.read_in(inputs.astype(cfg.compute_dtype))
-    positions_T = jnp.arange(t)
+    positions_T = jnp.arange(t) if positions is None else jnp.asarray(positions)
     if cfg.positions == "learned":
-      x_BTD = x_BTD + self.pos_embed(positions_T)[None]
-    hidden = [x_BTD]
-    for block in self.blocks:
-      x_BTD = block(x_BTD, positions_T)
+      pos_BTD = self.pos_embed(positions_T)
+      x_BTD = x_BTD + (pos_BTD[None] if pos_BTD.ndim == 2 else pos_BTD)
+    if cache is not None and len(cache) != len(self.blocks):
+      raise ValueError(f"cache holds {len(cache)} layers, the model has {len(self.blocks)}")
+    hidden, new_cache = [x_BTD], []
+    for i, block in enumerate(self.blocks):
+      if cache is None:
+        x_BTD = block(x_BTD, positions_T)
+      else:
+        x_BTD, layer_cache = block(x_BTD, positions_T, cache[i])
+        new_cache.append(layer_cache)
       hidden.append(x_BTD)
+    if output_index is not None:
+      x_BTD = jnp.take_along_axis(x_BTD, jnp.asarray(output_index)[:, None, None], axis=1)
     y_BTD = self.final_norm(x_BTD)
     if cfg.io == "tokens":
       if cfg.tie_embeddings:
@@ -76,7 +92,8 @@ class Transformer(nnx.Module):
     else:
       out = self.read_out(y_BTD)
     out = out.astype(jnp.float32)
-    return (out, hidden) if return_hidden else out
+    out = (out, hidden) if return_hidden else out
+    return out if cache is None else (out, tuple(new_cache))
 
 
 def build(model_cfg, *, rngs: nnx.Rngs) -> Transformer:

@@ -56,7 +56,7 @@ def _cached(model, prompt, args, policy, repeats=1):
   """Compiles, then times prefill and decoding ``repeats`` times (the fastest of each is kept)."""
   graphdef, state = nnx.split(model)
   first = jax.jit(lambda s, p: decode.prefill(nnx.merge(graphdef, s), p, policy, args.new))
-  step = jax.jit(lambda s, c, t: decode.decode_step(nnx.merge(graphdef, s), c, t, policy)[:2])
+  step = jax.jit(lambda s, c, t: decode.decode_step(nnx.merge(graphdef, s), c, t)[:2])
   logits, cache = jax.block_until_ready(first(state, prompt))  # compile
   tok = jnp.argmax(logits, -1).astype(jnp.int32)
   jax.block_until_ready(step(state, cache, tok))  # compile

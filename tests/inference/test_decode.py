@@ -4,28 +4,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from jaxllm.inference import decode, policies
 from jaxllm.inference.policies import Policy
-from jaxllm.models.transformer import build
+from tests.inference import helpers
+from tests.inference.helpers import VOCAB
+from tests.inference.helpers import full_sequence as _full_sequence
+from tests.inference.helpers import prompt as _prompt
+from tests.inference.helpers import rotated_qk as _rotated_qk
 
-VOCAB = 37
-
-
-def _model(style="llama", dtype="float32", **kw):
-  cfg = dict(style=style, vocab_size=VOCAB, d_model=32, num_layers=2, num_heads=4, max_len=64,
-             dtype=dtype)
-  cfg.update(kw)
-  return build(cfg, rngs=nnx.Rngs(0))
-
-
-def _prompt(b, t, seed=0):
-  return jnp.asarray(np.random.default_rng(seed).integers(0, VOCAB, (b, t)), jnp.int32)
-
-
-def _full_sequence(prompt, tokens):
-  return jnp.concatenate([prompt, tokens[:, :-1]], axis=1)
+_model = helpers.model
 
 
 @pytest.mark.parametrize("style,kv_heads,t,n", [
@@ -145,11 +133,11 @@ def test_h2o_scores_accumulate_the_attention_each_cached_token_received():
   (and the query heads of its group) of its softmax weight: the reference's attention columns."""
   model = _model("llama", num_kv_heads=2, num_layers=1)
   prompt = _prompt(1, 5)
-  _, cache = decode.prefill(model, prompt, Policy("full"), 2)
-  _, cache, _ = decode.decode_step(model, cache, jnp.array([7], jnp.int32), Policy("full"))
+  policy = Policy("h2o", budget=8)  # holds everything: nothing is evicted
+  _, cache = decode.prefill(model, prompt, policy, 2)
+  _, cache, _ = decode.decode_step(model, cache, jnp.array([7], jnp.int32))
   seq = jnp.concatenate([prompt, jnp.array([[7]], jnp.int32)], axis=1)
-  block = model.blocks[0]
-  q, k, _ = decode._qkv(block.attn, block.attn_norm(model.tok_embed(seq)), jnp.arange(6))
+  q, k = _rotated_qk(model.blocks[0], model.tok_embed(seq))
   g = q.reshape(1, 6, 2, 2, -1)
   logits = jnp.einsum("btkgd,bskd->bkgts", g, k) / np.sqrt(q.shape[-1])
   logits = jnp.where(jnp.tril(jnp.ones((6, 6), bool)), logits, -jnp.inf)
@@ -195,8 +183,9 @@ def test_bad_input_is_refused_with_the_field_name():
     decode.generate(model, jnp.array([1, 2]), 2)
   with pytest.raises(ValueError, match="max_len=64"):
     decode.generate(_model("gpt2"), _prompt(1, 60), 10)
-  with pytest.raises(ValueError, match="model.attention='dense'"):
-    decode.generate(_model("llama", attention="linear"), _prompt(1, 3), 2)
+  with pytest.raises(ValueError, match="model.attention='momentum' has no cached decoding"):
+    decode.generate(_model("llama", attention="momentum", attention_options={"eta": 0.5}),
+                    _prompt(1, 3), 2)
 
 
 def test_teacher_forced_scoring_matches_the_forward_and_the_generation_path():
@@ -227,9 +216,8 @@ def test_tokenselect_attends_to_sinks_recent_and_the_best_soft_vote():
   mask = decode.trace_mask(model.cfg, 8, out["attended"], 1)
   ref = decode.forward_with_mask(model, seq, mask)[:, 7:]
   np.testing.assert_allclose(out["logits"], ref, atol=2e-5, rtol=2e-5)
-  block = model.blocks[0]
   t = seq.shape[1]
-  q, k, _ = decode._qkv(block.attn, block.attn_norm(model.tok_embed(seq)), jnp.arange(t))
+  q, k = _rotated_qk(model.blocks[0], model.tok_embed(seq))
   logits = jnp.einsum("bthd,bshd->bhts", q, jnp.repeat(k, 2, axis=2)) * 8.0
   logits = jnp.where(jnp.tril(jnp.ones((t, t), bool)), logits, -jnp.inf)
   vote = np.asarray(jax.nn.softmax(logits, -1).sum(axis=1))[0]  # [T, T], summed over 4 heads

@@ -29,26 +29,41 @@ def _check_options(window, sinks, softcap):
     raise ValueError(f"dense attention: softcap must be positive or None, got {softcap!r}")
 
 
-def reference(q, k, v, *, causal=True, scale=None, window=None, sinks=0, softcap=None):
-  """softmax(q k^T * scale + mask) v with float32 logits and softmax; GQA by head groups."""
+def masked_softmax(q, k, ok, *, scale, softcap=None):
+  """Float32 softmax weights [B, Hkv, G, T, S] of q [B, T, H, D] over k [B, S, Hkv, D] where ``ok``
+  (bool, broadcastable to [B, Hkv, G, T, S]) is True; rows with nothing visible are 0."""
   b, t, h, d = q.shape
-  s, hkv = k.shape[1], k.shape[2]
-  g = h // hkv
-  scale = 1.0 / math.sqrt(d) if scale is None else scale
-  q_g = q.reshape(b, t, hkv, g, d)
+  hkv = k.shape[2]
+  q_g = q.reshape(b, t, hkv, h // hkv, d)
   logits = jnp.einsum("btkgd,bskd->bkgts", q_g, k, preferred_element_type=jnp.float32)
   logits = logits.astype(jnp.float32) * scale
   if softcap is not None:
     logits = softcap * jnp.tanh(logits / softcap)
-  ok = masks.visible(*masks.positions(t, s), causal=causal, window=window, sinks=sinks)
   logits = jnp.where(ok, logits, -jnp.inf)
   m = jnp.max(logits, axis=-1, keepdims=True)
   m = jnp.where(jnp.isfinite(m), m, 0.0)
   p = jnp.exp(logits - m)
   denom = jnp.sum(p, axis=-1, keepdims=True)
-  p = p / jnp.where(denom == 0, 1.0, denom)  # rows with no visible key give 0
+  return p / jnp.where(denom == 0, 1.0, denom)
+
+
+def masked_attention(q, k, v, ok, *, scale, softcap=None):
+  """Softmax attention restricted to ``ok`` (see :func:`masked_softmax`), e.g. over a KV cache.
+
+  Returns (out [B, T, H, D] in q's dtype, weights [B, Hkv, G, T, S] float32).
+  """
+  b, t, h, d = q.shape
+  p = masked_softmax(q, k, ok, scale=scale, softcap=softcap)
   o = jnp.einsum("bkgts,bskd->btkgd", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-  return o.reshape(b, t, h, d).astype(q.dtype)
+  return o.reshape(b, t, h, d).astype(q.dtype), p
+
+
+def reference(q, k, v, *, causal=True, scale=None, window=None, sinks=0, softcap=None):
+  """softmax(q k^T * scale + mask) v with float32 logits and softmax; GQA by head groups."""
+  t, s = q.shape[1], k.shape[1]
+  scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+  ok = masks.visible(*masks.positions(t, s), causal=causal, window=window, sinks=sinks)
+  return masked_attention(q, k, v, ok, scale=scale, softcap=softcap)[0]
 
 
 def _segments(p_lo, p_hi, s, *, causal, window, sinks):

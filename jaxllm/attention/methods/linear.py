@@ -91,7 +91,7 @@ def momentum(q, k, v, *, impl="auto", causal=True, eta=None, form="chunked", chu
   return (attn.astype(jnp.float32) + mom).astype(q.dtype)
 
 
-register("linear", linear, impls=("xla", "pallas", "auto"))
-register("lightning", lightning, impls=("xla", "pallas", "auto"))
-register("retention", retention, impls=("xla", "pallas", "auto"))
-register("momentum", momentum, impls=("xla", "auto"))
+register("linear", linear, impls=("xla", "pallas", "auto"), decode="recurrent")
+register("lightning", lightning, impls=("xla", "pallas", "auto"), decode="recurrent")
+register("retention", retention, impls=("xla", "pallas", "auto"), decode="recurrent")
+register("momentum", momentum, impls=("xla", "auto"), decode=None)

@@ -79,7 +79,7 @@ def block_sparse(q, k, v, *, impl="auto", causal=True, table=None, scale=None, s
   return run(q, k, v, table, impl=impl, causal=causal, scale=scale, softcap=softcap)
 
 
-register("sliding_window", sliding_window, impls=("xla", "pallas", "auto"))
-register("sink_window", sink_window, impls=("xla", "pallas", "auto"))
-register("streaming", streaming, impls=("xla", "pallas", "auto"))
+register("sliding_window", sliding_window, impls=("xla", "pallas", "auto"), decode="sparse")
+register("sink_window", sink_window, impls=("xla", "pallas", "auto"), decode="sparse")
+register("streaming", streaming, impls=("xla", "pallas", "auto"), decode="sparse")
 register("block_sparse", block_sparse, impls=("xla", "pallas", "auto"))
