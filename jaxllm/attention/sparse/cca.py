@@ -114,8 +114,9 @@ def attention(q, k, v, *, group_size=GROUP_SIZE, window=WINDOW, scale=None, pref
     o = jnp.einsum("bkgtn,bkgnd->btkgd", p[..., :n], v_core.reshape(b, hkv, g, n, d))
     o += jnp.einsum("bkgts,bskd->btkgd", p[..., n:].astype(v.dtype), v_i,
                     preferred_element_type=jnp.float32)
-    o = o / jnp.moveaxis(denom, -1, 1)[..., None]
-    return o, m[..., 0] + jnp.log(denom)
+    safe = jnp.where(denom > 0, denom, 1.0)  # padding rows of the last tile may see nothing
+    o = o / jnp.moveaxis(safe, -1, 1)[..., None]
+    return o, jnp.where(denom > 0, m[..., 0] + jnp.log(safe), -jnp.inf)
 
   o, lse = jax.lax.map(one_tile, (jnp.arange(nt), q_t))  # [nt, B, tile, Hkv, G, D]
   o = jnp.moveaxis(o, 0, 1).reshape(b, nt * tile, h, d)[:, :t]

@@ -117,9 +117,10 @@ def attention(q, k, v, *, chunk_size=CHUNK_SIZE, topk=TOPK, scale=None, tile=TIL
     m = jnp.where(jnp.isfinite(m), m, 0.0)
     p = jnp.exp(logits - m)
     denom = jnp.sum(p, axis=(-2, -1))
+    safe = jnp.where(denom > 0, denom, 1.0)  # padding rows of the last tile see nothing
     o = jnp.einsum("bthjc,bthjcd->bthd", p.astype(v.dtype), v_sel,
-                   preferred_element_type=jnp.float32) / denom[..., None]
-    return o, m[..., 0, 0] + jnp.log(denom)
+                   preferred_element_type=jnp.float32) / safe[..., None]
+    return o, jnp.where(denom > 0, m[..., 0, 0] + jnp.log(safe), -jnp.inf)
 
   tiles = (_tiles(q, tile), _tiles(jnp.swapaxes(idx, 1, 2), tile),
            _tiles(jnp.swapaxes(ok, 1, 2), tile),
