@@ -49,6 +49,7 @@ def test_matches_numpy_transcription_of_public_code():
   np.testing.assert_allclose(np.asarray(got), _numpy_cca(q, k, v, 4, 9), atol=2e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("b,t,h,hkv,g,w", [(2, 77, 4, 2, 4, 10), (1, 50, 3, 1, 5, 7)])
 def test_attention_matches_dense_masked_reference(b, t, h, hkv, g, w):
   q, k, v = qkv(b=b, t=t, s=t, h=h, hkv=hkv, seed=t)
@@ -77,6 +78,7 @@ def test_full_window_is_dense(dtype, tol):
   assert rel(got, want) < tol
 
 
+@pytest.mark.slow
 def test_bf16_matches_fp32_reference():
   q, k, v = (x.astype(jnp.bfloat16) for x in qkv(t=48, s=48, seed=4))
   got = attn.attention(q, k, v, method="cca", group_size=4, window=8)
