@@ -87,7 +87,8 @@ class Attention(nnx.Module):
     self.wo = linear(cfg, h * dh, d, rngs=rngs, std=0.02 / math.sqrt(2 * cfg.num_layers))
     self.options = attention_options(cfg, layer_index)
 
-  def __call__(self, x_BTD, positions_T):
+  def qkv(self, x_BTD, positions_T):
+    """The attention inputs: q [B, T, H, D], k and v [B, T, Hkv, D] (rotated when rope)."""
     b, t, _ = x_BTD.shape
     cfg = self.cfg
     q = self.wq(x_BTD).reshape(b, t, cfg.num_heads, cfg.dim_per_head)
@@ -96,6 +97,12 @@ class Attention(nnx.Module):
     if cfg.positions == "rope":
       q = rope(q, positions_T, cfg.rope_theta)
       k = rope(k, positions_T, cfg.rope_theta)
+    return q, k, v
+
+  def __call__(self, x_BTD, positions_T):
+    b, t, _ = x_BTD.shape
+    cfg = self.cfg
+    q, k, v = self.qkv(x_BTD, positions_T)
     o = attn_api.attention(q, k, v, method=cfg.attention, impl=cfg.attention_impl, causal=True,
                            **self.options)
     return self.wo(o.reshape(b, t, cfg.num_heads * cfg.dim_per_head))
