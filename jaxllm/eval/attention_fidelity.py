@@ -175,7 +175,7 @@ def adapter(method: str) -> Adapter:
   return Adapter(sel, _table_run(sel), _table_pairs)
 
 
-def _timed(fn, *args, repeats):
+def timed(fn, *args, repeats):
   out = jax.block_until_ready(fn(*args))  # compile outside the clock
   times = []
   for _ in range(repeats):
@@ -204,10 +204,10 @@ def measure(method: str, q, k, v, options: dict | None = None, *, dense=None, re
   """Fidelity and timing of ``method`` on one (q, k, v); ``dense`` = ((o, lse), seconds)."""
   ad = adapter(method)
   opts = dict(options or {})
-  (o_d, lse_d), t_dense = dense if dense is not None else _timed(jax.jit(dense_run), q, k, v,
+  (o_d, lse_d), t_dense = dense if dense is not None else timed(jax.jit(dense_run), q, k, v,
                                                                  repeats=repeats)
-  sel, t_sel = _timed(jax.jit(lambda q, k: ad.select(q, k, **opts)), q, k, repeats=repeats)
-  (o, lse), t_run = _timed(jax.jit(lambda q, k, v: ad.run(q, k, v, **opts)), q, k, v,
+  sel, t_sel = timed(jax.jit(lambda q, k: ad.select(q, k, **opts)), q, k, repeats=repeats)
+  (o, lse), t_run = timed(jax.jit(lambda q, k, v: ad.run(q, k, v, **opts)), q, k, v,
                            repeats=repeats)
   exact, extra = ad.pairs(sel, q, k, **opts)
   exact = exact & _causal_mask(q, k)
@@ -258,7 +258,7 @@ def run(methods, lengths, workdir, *, inputs=("planted",), options=None, seed=0,
   for name in inputs:
     for length in lengths:
       problems = input_sets(name, length, seed=seed, lm=lm)
-      dense = [_timed(jax.jit(dense_run), *p, repeats=repeats) for p in problems]
+      dense = [timed(jax.jit(dense_run), *p, repeats=repeats) for p in problems]
       for m in methods:
         per = [measure(m, *p, options.get(m), dense=d, repeats=repeats)
                for p, d in zip(problems, dense)]

@@ -71,6 +71,7 @@ def test_sink_window_numbers_match_an_independent_computation(qkv):
   assert abs(row["out_rel_err"] - err) < 1e-4
 
 
+@pytest.mark.slow
 def test_moba_density_and_recall_follow_its_pairs(qkv):
   q, k, v = qkv
   opts = {"chunk_size": 32, "topk": 2}
@@ -100,6 +101,7 @@ def test_table_methods_plug_in_through_select(qkv, monkeypatch):
     fid.adapter("not_a_method")
 
 
+@pytest.mark.slow
 def test_run_writes_results_and_figure(tmp_path):
   opts = {"cca": {"group_size": 8, "window": 32}, "block_sparse": {"block": 32, "topk": 2}}
   res = fid.run(["cca", "block_sparse"], [128], str(tmp_path), options=opts, repeats=1)
@@ -125,7 +127,10 @@ def test_captured_inputs_are_the_model_attention_inputs(tmp_path):
                                 np.asarray(model.blocks[0].attn.wq.kernel.value))
   res = fid.run(["sink_window"], [64], str(tmp_path / "fid"), inputs=["captured"],
                 options={"sink_window": {"window": 16}}, repeats=1,
-                lm_workdir=str(tmp_path / "lm"), lm_config="tiny", lm_steps=2, figure=False)
+                lm_workdir=str(tmp_path / "lm"), lm_config="tiny", lm_steps=2)
+  saved = json.loads((tmp_path / "fid" / "results.json").read_text())
+  assert saved["rows"] == json.loads(json.dumps(res["rows"]))
+  assert (tmp_path / "fid" / "attention_fidelity.png").stat().st_size > 10_000
   assert res["rows"][0]["layers"] == len(model.blocks)
   assert 0 < res["rows"][0]["recall"] < 1
 

@@ -103,6 +103,7 @@ def test_exact_below_min_seq_len(dtype, tol):
   assert rel(got, want) < tol
 
 
+@pytest.mark.slow
 def test_kernel_path_equals_dense_blocks():
   q, k, v = qkv(b=2, t=64, s=64, h=2, hkv=1, seed=9)
   opts = dict(min_seq_len=16, block_size=16, sample_size=4, lsh_num_projs=2)

@@ -32,8 +32,7 @@ def _numpy_blocks(q, k, chunk, topk):
   return out
 
 
-@pytest.mark.parametrize("t,s,h,hkv,chunk,topk", [(37, 37, 4, 2, 6, 3), (20, 53, 2, 2, 8, 2),
-                                                  (33, 60, 6, 3, 7, 4)])
+@pytest.mark.parametrize("t,s,h,hkv,chunk,topk", [(37, 37, 4, 2, 6, 3), (33, 60, 6, 3, 7, 4)])
 def test_gate_matches_numpy_rule(t, s, h, hkv, chunk, topk):
   q, k, _ = qkv(t=t, s=s, h=h, hkv=hkv, seed=t)
   idx, ok = moba.gate(q, k, chunk_size=chunk, topk=topk)
