@@ -106,12 +106,8 @@ class Attention(nnx.Module):
     self.wo = linear(cfg, h * dh, d, rngs=rngs, std=0.02 / math.sqrt(2 * cfg.num_layers))
     self.options = attention_options(cfg, layer_index)
 
-  def __call__(self, x_BTD, positions_T, cache=None):
-    """Self-attention of x [B, T, E] at ``positions_T`` ([T] or per row [B, T]).
-
-    With a layer ``cache`` (``jaxllm.inference.cache``) the cache attends, by the method's
-    registered decode rule, and the call returns (out, updated cache).
-    """
+  def qkv(self, x_BTD, positions_T):
+    """The attention inputs: q [B, T, H, D], k and v [B, T, Hkv, D] (rotated when rope)."""
     b, t, _ = x_BTD.shape
     cfg = self.cfg
     q = self.wq(x_BTD).reshape(b, t, cfg.num_heads, cfg.dim_per_head)
@@ -120,6 +116,17 @@ class Attention(nnx.Module):
     if cfg.positions == "rope":
       q = rope(q, positions_T, cfg.rope_theta, cfg.rope_scaling)
       k = rope(k, positions_T, cfg.rope_theta, cfg.rope_scaling)
+    return q, k, v
+
+  def __call__(self, x_BTD, positions_T, cache=None):
+    """Self-attention of x [B, T, E] at ``positions_T`` ([T] or per row [B, T]).
+
+    With a layer ``cache`` (``jaxllm.inference.cache``) the cache attends, by the method's
+    registered decode rule, and the call returns (out, updated cache).
+    """
+    b, t, _ = x_BTD.shape
+    cfg = self.cfg
+    q, k, v = self.qkv(x_BTD, positions_T)
     if cache is not None:
       o, cache = cache.attend(q, k, v, positions_T, method=cfg.attention,
                               impl=cfg.attention_impl, options=self.options)

@@ -1,0 +1,1 @@
+"""Evaluation of attention methods and long-context behaviour: fidelity against dense, planted and captured inputs."""

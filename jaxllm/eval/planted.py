@@ -1,0 +1,112 @@
+"""Synthetic q/k/v with planted attention structure, one pattern per KV head group.
+
+Each pattern puts most of a query's softmax mass on a known key set, so a sparse method's recall
+can be read against the truth:
+
+* ``vertical``: a few key columns (the first key and random ones) every query attends;
+* ``slash``: diagonals, query i attending key i - offset for a few offsets;
+* ``local``: a band of recent keys (relative-position bump of width ``band``);
+* ``clustered``: keys drawn around a few centroids, each query aligned with one centroid, so the
+  mass is spread over that cluster's keys wherever they sit (the case centroid methods target);
+* ``needle``: a few random keys that only the last queries retrieve, on top of a local band.
+
+Relative patterns (slash, local) use rotary phases: q_i . k_j depends on i - j only, peaked
+where the query's rotation is shifted to. Everything is float32 [B, L, H, D] q and [B, L, Hkv, D]
+k/v; ``strength`` is the planted scaled logit q.k / sqrt(D) at a pattern's peak.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PATTERNS = ("vertical", "slash", "local", "clustered", "needle")
+
+
+def _rotary(x_LD, pos_L, freqs):
+  """Rotate-half rotary embedding with explicit frequencies (float32)."""
+  ang = pos_L[:, None].astype(jnp.float32) * freqs[None, :]
+  x1, x2 = jnp.split(x_LD, 2, axis=-1)
+  return jnp.concatenate([x1 * jnp.cos(ang) - x2 * jnp.sin(ang),
+                          x2 * jnp.cos(ang) + x1 * jnp.sin(ang)], axis=-1)
+
+
+def _relative(key, length, d, offsets, band, strength):
+  """q, k [L, D] whose logits peak at i - j in ``offsets`` with width ``band``."""
+  half = d // 2
+  freqs = jnp.linspace(0.0, np.pi / band, half)  # low frequencies: a smooth bump of width ~band
+  base = jnp.ones((d,)) * jnp.sqrt(strength * np.sqrt(d) / d)  # peak scaled logit = strength
+  pos = jnp.arange(length)
+  k = _rotary(jnp.broadcast_to(base, (length, d)), pos, freqs)
+  qs = [_rotary(jnp.broadcast_to(base, (length, d)), pos - o, freqs) for o in offsets]
+  which = jax.random.randint(key, (length,), 0, len(offsets))  # each query picks one diagonal
+  q = jnp.stack(qs)[which, pos]
+  return q, k
+
+
+def _one(pattern, key, length, d, strength):
+  kn, kp, kx = jax.random.split(key, 3)
+  noise_q = jax.random.normal(kn, (length, d)) * 0.3
+  noise_k = jax.random.normal(jax.random.fold_in(kn, 1), (length, d)) * 0.3
+  if pattern in ("slash", "local"):
+    offsets = (0,) if pattern == "local" else tuple(
+        int(o) for o in jax.random.randint(kp, (3,), length // 16 + 1, length // 2 + 2))
+    q, k = _relative(kx, length, d, offsets, band=8 if pattern == "slash" else 32,
+                     strength=strength)
+    return q + noise_q, k + noise_k
+  u = jax.random.normal(kp, (d,))
+  u = u / jnp.linalg.norm(u) * jnp.sqrt(strength * np.sqrt(d))  # u . u / sqrt(D) = strength
+  if pattern == "vertical":
+    cols = jnp.concatenate([jnp.zeros((1,), jnp.int32),
+                            jax.random.randint(kx, (7,), 1, max(length, 2))])
+    k = noise_k.at[cols].add(u)
+    q = noise_q + u
+    return q, k
+  if pattern == "clustered":
+    centers = jax.random.normal(kx, (8, d))
+    centers = centers / jnp.linalg.norm(centers, axis=-1, keepdims=True) * jnp.sqrt(
+        strength * np.sqrt(d))
+    k_id = jax.random.randint(jax.random.fold_in(kx, 1), (length,), 0, 8)
+    q_id = jax.random.randint(jax.random.fold_in(kx, 2), (length,), 0, 8)
+    return noise_q + centers[q_id], noise_k + centers[k_id]
+  if pattern == "needle":
+    q, k = _relative(kx, length, d, (0,), band=16, strength=strength / 2)
+    spots = jax.random.randint(jax.random.fold_in(kx, 3), (4,), 0, max(length // 2, 1))
+    k = k.at[spots].add(u)
+    last = jnp.arange(length) >= length - max(length // 8, 1)
+    q = q + jnp.where(last[:, None], u, 0.0)
+    return q + noise_q, k + noise_k
+  raise ValueError(f"planted: unknown pattern {pattern!r}; allowed: {list(PATTERNS)}")
+
+
+def planted_qkv(seed: int, *, length: int, batch: int = 1, kv_heads: int = 5, group: int = 1,
+                head_dim: int = 64, patterns=PATTERNS, strength: float = 8.0):
+  """q [B, L, Hkv * group, D], k, v [B, L, Hkv, D]; KV head i carries ``patterns[i % n]``.
+
+  Returns (q, k, v, heads) with ``heads`` the pattern name of every KV head.
+  """
+  if head_dim % 2 or head_dim < 4:
+    raise ValueError(f"planted: head_dim must be an even int >= 4, got {head_dim}")
+  bad = [p for p in patterns if p not in PATTERNS]
+  if bad or not patterns:
+    raise ValueError(f"planted: unknown patterns {bad or patterns}; allowed: {list(PATTERNS)}")
+  for name, value in (("length", length), ("batch", batch), ("kv_heads", kv_heads),
+                      ("group", group)):
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"planted: {name} must be a positive int, got {value!r}")
+  heads = [patterns[i % len(patterns)] for i in range(kv_heads)]
+  qs, ks, vs = [], [], []
+  root = jax.random.key(seed)
+  for bi in range(batch):
+    q_b, k_b, v_b = [], [], []
+    for hi, pattern in enumerate(heads):
+      key = jax.random.fold_in(jax.random.fold_in(root, bi), hi)
+      q_h, k_h = _one(pattern, key, length, head_dim, strength)
+      q_g = [q_h + 0.1 * jax.random.normal(jax.random.fold_in(key, 100 + g), q_h.shape)
+             for g in range(group)]  # group members share the pattern, not the exact query
+      q_b.extend(q_g)
+      k_b.append(k_h)
+      v_b.append(jax.random.normal(jax.random.fold_in(key, 99), (length, head_dim)))
+    qs.append(jnp.stack(q_b, 1))
+    ks.append(jnp.stack(k_b, 1))
+    vs.append(jnp.stack(v_b, 1))
+  return jnp.stack(qs), jnp.stack(ks), jnp.stack(vs), heads
