@@ -2,6 +2,11 @@
 
 from setuptools import find_packages, setup
 
+# The text pipeline (jaxllm.data.text / tokenizer / pipeline); the default tests exercise it.
+# importlib_resources: TFDS's builders need it but do not declare it.
+TEXT_DATA = ["tensorflow-datasets==4.9.10", "grain==0.2.18", "array-record==0.8.6",
+             "sentencepiece==0.2.3", "tokenizers==0.23.3", "importlib_resources==7.1.0"]
+
 setup(
     name="jaxllm",
     version="0.1.0",
@@ -25,9 +30,9 @@ setup(
     extras_require={
         "gpu": ["jax[cuda12]>=0.12,<0.13"],
         "tpu": ["jax[tpu]>=0.12,<0.13"],
-        "data": ["grain>=0.2.18", "safetensors>=0.4"],
+        "data": ["safetensors>=0.4", *TEXT_DATA],
         "notebook": ["jupyter", "ipywidgets"],
-        "test": ["pytest>=8", "pytest-xdist>=3.6"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", *TEXT_DATA],
         "bench": ["torch", "transformers>=4.40"],
     },
 )
