@@ -32,7 +32,7 @@ def segment_starts(segment_ids_BT):
 
 
 def positions(segment_ids_BT):
-  """int32 [B, T]: index of each token within its segment of the row (0 at each start)."""
+  """int32 [B, T]: index of each token within its segment of the row (0 at starts and padding)."""
   xp = _xp(segment_ids_BT)
   t = segment_ids_BT.shape[1]
   index_BT = xp.broadcast_to(xp.arange(t, dtype=np.int32), segment_ids_BT.shape)
@@ -41,7 +41,7 @@ def positions(segment_ids_BT):
     start_BT = np.maximum.accumulate(start_BT, axis=1)
   else:
     start_BT = jax.lax.cummax(start_BT, axis=1)
-  return (index_BT - start_BT).astype(np.int32)
+  return xp.where(segment_ids_BT > 0, index_BT - start_BT, 0).astype(np.int32)
 
 
 def loss_mask(segment_ids_BT):

@@ -174,21 +174,19 @@ def is_built(name: str, data_dir: str) -> bool:
 
 
 def ensure(name: str = "", data_dir: str = "", input_pattern: str = "", **build_kwargs) -> tuple:
-  """(name, data_dir) of a dataset that exists, building it from ``input_pattern`` if missing.
+  """(name, data_dir) to read, building the dataset from ``input_pattern`` first if it is missing.
 
-  An empty name is the default corpus (Python's stdlib sources); an empty data_dir the default
-  one. A missing dataset with no ``input_pattern`` (other than the default corpus) is an error.
+  An empty name is the default corpus (Python's stdlib sources, built on first use); an empty
+  data_dir the default one. Any other missing name is left to ``tfds.data_source`` (prepared TFDS
+  datasets such as lm1b, or a mock in tests).
   """
   data_dir = data_dir or default_data_dir()
   name = name or DEFAULT_NAME
   if not is_built(name, data_dir):
-    if not input_pattern:
-      if name != DEFAULT_NAME:
-        raise ValueError(f"text.name={name!r} is not in data_dir {data_dir!r} and text.input is "
-                         "empty; build it with `python -m jaxllm.data.text build` or set "
-                         "text.input")
+    if not input_pattern and name == DEFAULT_NAME:
       input_pattern = stdlib_glob()
-    build(input_pattern, data_dir, name, **build_kwargs)
+    if input_pattern:
+      build(input_pattern, data_dir, name, **build_kwargs)
   return name, data_dir
 
 

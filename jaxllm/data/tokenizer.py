@@ -124,13 +124,16 @@ def train_sentencepiece(name: str, data_dir: str, output: str, *, vocab_size: in
   os.makedirs(out_dir, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
     prefix = os.path.join(tmp, "sp")
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=_training_lines(source, max_lines), model_prefix=prefix,
-        vocab_size=vocab_size, model_type=model_type, character_coverage=1.0,
-        byte_fallback=True, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
-        # Source code: keep runs of spaces and leading indentation as they are.
-        remove_extra_whitespaces=False, normalization_rule_name="identity",
-        split_digits=True, num_threads=2, minloglevel=2)
+    try:
+      spm.SentencePieceTrainer.train(
+          sentence_iterator=_training_lines(source, max_lines), model_prefix=prefix,
+          vocab_size=vocab_size, model_type=model_type, character_coverage=1.0,
+          byte_fallback=True, bos_id=-1, eos_id=-1, pad_id=-1, unk_id=0,
+          # Lossless on source code: spaces, indentation and a leading space are kept as written.
+          remove_extra_whitespaces=False, add_dummy_prefix=False,
+          normalization_rule_name="identity", split_digits=True, num_threads=2, minloglevel=2)
+    except RuntimeError as e:  # e.g. a vocabulary larger than the corpus supports
+      raise ValueError(f"SentencePiece training failed: {e}") from None
     for ext in (".model", ".vocab"):
       shutil.move(prefix + ext, output + ext)
   return output + ".model"
@@ -160,7 +163,7 @@ def main(argv):
     path = train_sentencepiece(FLAGS.name, FLAGS.data_dir, FLAGS.output,
                                vocab_size=FLAGS.vocab_size, model_type=FLAGS.model_type,
                                max_lines=FLAGS.max_lines, input_pattern=FLAGS.input)
-  except (ValueError, RuntimeError) as e:
+  except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(path)
