@@ -240,6 +240,20 @@ class TextData:
     return first_rows(lm_dataset(docs, spec), max(num_sequences // spec.batch_size, 1))
 
 
+def held_out_tokens(data: "TextData", max_tokens: int) -> np.ndarray:
+  """The held-out split's documents tokenized and concatenated in order, up to ``max_tokens``:
+  real-text haystacks and perplexity windows for long-context evaluation."""
+  source = data.source(data.cfg.get("eval_split", "validation"))
+  out, total = [], 0
+  for i in range(len(source)):
+    ids = data.tokenizer.encode(document_text(source[i], data.spec.field))
+    out.append(ids)
+    total += len(ids)
+    if total >= max_tokens:
+      break
+  return np.concatenate(out)[:max_tokens] if out else np.zeros(0, np.int32)
+
+
 def text_config(**overrides):
   """A ``config.text`` block with the pipeline's defaults (the stdlib corpus as bytes, packed)."""
   import ml_collections

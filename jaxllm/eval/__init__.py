@@ -1,0 +1,1 @@
+"""Evaluation: attention fidelity and long-context retrieval and perplexity."""
