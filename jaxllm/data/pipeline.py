@@ -93,7 +93,7 @@ class _SplitLong(grain.experimental.FlatMapTransform):
 
   def __init__(self, row: int):
     self.row = row
-    self.max_fan_out = 1 << 30
+    self.max_fan_out = 1 << 30  # part of the interface; only grain's MapDataset flat map uses it
 
   def flat_map(self, element):
     tokens = element["tokens"]

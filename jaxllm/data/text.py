@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import sysconfig
 import zlib
@@ -89,13 +90,15 @@ def documents(files: list[str], *, per_line: bool = False, field: str = "text"):
 
 
 def _validation_keys(keys: list[str], eval_fraction: float) -> set[str]:
-  """The ceil(fraction * n) keys with the smallest crc32 (at least one when n >= 2)."""
+  """The ceil(fraction * n) keys with the smallest crc32: at least one when n >= 2 and the
+  fraction is positive, and never all of them (train keeps at least one document)."""
   if not 0.0 <= eval_fraction < 1.0:
     raise ValueError(f"eval_fraction must be in [0, 1), got {eval_fraction}")
   n = len(keys)
   k = math.ceil(eval_fraction * n)
   if eval_fraction > 0 and n >= 2:
-    k = min(max(k, 1), n - 1)
+    k = max(k, 1)
+  k = min(k, n - 1)
   ranked = sorted(keys, key=lambda s: (zlib.crc32(s.encode()), s))
   return set(ranked[:k])
 
@@ -150,21 +153,23 @@ def build(input_pattern: str, data_dir: str, name: str, *, per_line: bool = Fals
           overwrite: bool = False) -> str:
   """Builds ``name`` in ``data_dir`` from local files; returns the dataset's directory.
 
-  TFDS writes into a temporary directory and renames it when complete, so an interrupted build
+  A dataset already there is kept as it is unless ``overwrite``. TFDS writes into a temporary directory and renames it when complete, so an interrupted build
   leaves nothing that reads as a dataset.
   """
   if not re.fullmatch(r"[a-z][a-z0-9_]*", name or ""):
     raise ValueError(f"name={name!r}: use lower-case letters, digits and '_', starting with a letter")
   files = input_files(input_pattern)
-  builder = _builder_class()(name=name, files=files, per_line=per_line, field=field,
-                             eval_fraction=eval_fraction, data_dir=data_dir)
+
+  def make():
+    return _builder_class()(name=name, files=files, per_line=per_line, field=field,
+                            eval_fraction=eval_fraction, data_dir=data_dir)
+
+  builder = make()
   if builder.is_prepared():
     if not overwrite:
       return str(builder.data_dir)
-    import shutil
     shutil.rmtree(str(builder.data_dir))
-    builder = _builder_class()(name=name, files=files, per_line=per_line, field=field,
-                               eval_fraction=eval_fraction, data_dir=data_dir)
+    builder = make()
   builder.download_and_prepare()
   return str(builder.data_dir)
 

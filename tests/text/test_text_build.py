@@ -103,6 +103,13 @@ def test_per_line_documents_and_bad_inputs(tmp_path):
              eval_fraction=0.0)
   assert [text.document_text(x) for x in text.data_source("lines", str(tmp_path / "d"))] == [
       "alpha", "beta gamma", "delta"]
+  (tmp_path / "other.txt").write_text("epsilon\n")
+  text.build(str(tmp_path / "other.txt"), str(tmp_path / "d"), "lines", per_line=True)
+  assert len(text.data_source("lines", str(tmp_path / "d"))) == 3  # kept
+  text.build(str(tmp_path / "other.txt"), str(tmp_path / "d"), "lines", per_line=True,
+             overwrite=True)
+  assert [text.document_text(x) for x in text.data_source("lines", str(tmp_path / "d"))] == [
+      "epsilon"]
   with pytest.raises(ValueError, match="matches no file"):
     text.build(str(tmp_path / "nothing*"), str(tmp_path / "d"), "x")
   with pytest.raises(ValueError, match="name="):

@@ -1,5 +1,9 @@
 """Tokenizers behind one interface: bytes, SentencePiece trained offline, HF tokenizer.json."""
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -69,3 +73,11 @@ def test_unknown_tokenizer_specs_are_value_errors(tmp_path):
     tokenizer.get("gpt9")
   with pytest.raises(ValueError, match="no such file"):
     tokenizer.get(str(tmp_path / "missing.model"))
+
+
+def test_train_cli_needs_an_output_and_exits_2():
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  out = subprocess.run([sys.executable, "-m", "jaxllm.data.tokenizer", "train"], cwd=root,
+                       capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, PYTHONPATH=root))
+  assert out.returncode == 2 and out.stderr.strip().endswith("error: --output is required")
