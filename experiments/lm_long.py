@@ -41,12 +41,14 @@ def run(config, workdir: str) -> dict:
   if unknown:
     raise ValueError(f"eval.tasks {unknown} unknown; allowed: {list(long_context.TASKS)}")
   task = TextTask(config, config.model.to_dict())
+  longest = int(max(config.eval.length_multiples) * task.seq_len)
+  # Learned position tables must cover the evaluation lengths (RoPE needs no table).
+  task.model_cfg["max_len"] = max(task.seq_len, longest)
   t0 = time.perf_counter()
   result = train(config, workdir, task)
   train_seconds = time.perf_counter() - t0
   model = result.model
   forward = nnx.jit(lambda m, tokens: m(tokens))
-  longest = int(max(config.eval.length_multiples) * task.seq_len)
   haystack = held_out_tokens(task.data, 8 * longest)
   t0 = time.perf_counter()
   evals = evaluate(lambda tokens: forward(model, tokens), task.data.tokenizer, haystack,
