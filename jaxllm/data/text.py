@@ -200,6 +200,9 @@ def data_source(name: str, data_dir: str, split: str = "train"):
   tfds = _tfds()
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, try_gcs=False)
+  except tfds.core.DatasetNotFoundError:
+    raise ValueError(f"dataset {name!r} is neither in data_dir {data_dir!r} nor a TFDS dataset; "
+                     "build it with `python -m jaxllm.data.text build`") from None
   except ValueError as e:
     if "split" in str(e).lower():
       raise ValueError(f"split={split!r} not in dataset {name!r}: {e}") from None

@@ -149,5 +149,7 @@ def test_default_corpus_is_the_stdlib_built_once(tmp_path):
   sources = {text.document_text(x, "source") for x in text.data_source(name, data_dir, "train")}
   assert "os.py" in sources or "os.py" in {
       text.document_text(x, "source") for x in text.data_source(name, data_dir, "validation")}
-  with pytest.raises(Exception, match="not_built"):
+  with pytest.raises(ValueError, match="dataset 'not_built' is neither in data_dir"):
     text.data_source("not_built", str(tmp_path))
+  with pytest.raises(ValueError, match="split='test' not in dataset"):
+    text.data_source(name, data_dir, "test")
