@@ -1,6 +1,9 @@
 """The grain chain: exact concat-then-split, first-fit packing, host slices, resumable batches."""
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -111,3 +114,35 @@ def test_batches_are_a_function_of_the_step_and_resume_from_state(kind):
   np.testing.assert_array_equal(c(1)["tokens"], ordered[1]["tokens"])  # before the state: replay
   with pytest.raises(ValueError, match="text.packing"):
     pipeline.Spec(seq_len=8, batch_size=2, packing="best")
+
+
+_SHARDED = r"""
+import json
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+from jaxllm.data import pipeline, tokenizer
+docs = [{"text": "abcdefghij" * (i + 1)} for i in range(12)]
+spec = pipeline.Spec(seq_len=7, batch_size=8, shuffle=False)
+local = next(iter(pipeline.lm_dataset(pipeline.documents(docs, tokenizer.get("bytes"), spec),
+                                      spec)))
+mesh = jax.make_mesh((4,), ("data",))
+glob = pipeline.global_batch(local, NamedSharding(mesh, PartitionSpec("data")))
+shards = sorted((s.index[0].start, np.asarray(s.data).tolist())
+                for s in glob["tokens"].addressable_shards)
+print(json.dumps({"devices": len(jax.devices()), "shape": list(glob["tokens"].shape),
+                  "shards": shards, "local": local["tokens"].tolist()}))
+"""
+
+
+def test_global_batch_splits_rows_over_devices():
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = dict(os.environ, PYTHONPATH=root, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=4")
+  out = subprocess.run([sys.executable, "-c", _SHARDED], capture_output=True, text=True,
+                       env=env, cwd=root, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
+  r = json.loads(out.stdout.strip().splitlines()[-1])
+  assert r["devices"] == 4 and r["shape"] == [8, 8]
+  assert [start for start, _ in r["shards"]] == [0, 2, 4, 6]
+  for start, rows in r["shards"]:
+    assert rows == r["local"][start:start + 2]
