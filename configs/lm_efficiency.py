@@ -14,6 +14,8 @@ attention, simple GLU).
 
 import ml_collections
 
+from jaxllm.data.pipeline import text_config
+
 ARGS = (None, "smoke", "tiny")
 
 
@@ -26,8 +28,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.tasks = ["recall", "text"]
   c.recall = ml_collections.ConfigDict(dict(num_pairs=32, num_queries=32, num_keys=128,
                                             num_values=128))
-  c.text = ml_collections.ConfigDict(dict(glob="", max_bytes=8_000_000, eval_fraction=0.05,
-                                          seq_len=256))
+  # Python's stdlib sources as bytes, a TFDS dataset built on first use (jaxllm.data.pipeline).
+  c.text = text_config(seq_len=256)
   c.model = ml_collections.ConfigDict(dict(
       style="llama", d_model=128, num_layers=4, num_heads=4, num_kv_heads=None,
       attention_impl="auto", dtype="float32"))
@@ -50,7 +52,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if arg in ("smoke", "tiny"):
     c.recall.update(num_pairs=8, num_queries=8, num_keys=16, num_values=16)
-    c.text.update(max_bytes=1_000_000, seq_len=64)
+    c.text.seq_len = 64
     c.model.update(d_model=64, num_layers=2, num_heads=4)
     c.variants.lightning.attention_options = {"chunk_size": 16}
     c.variants.transnormer.attention_options = {"chunk_size": 16}
@@ -60,7 +62,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.cache_policies = (dict(name="streaming", budget=8, sinks=2), dict(name="h2o", budget=8),
                              dict(name="tokenselect", budget=8, sinks=2, recent=2))
   if arg == "tiny":  # seconds: wiring checks only
-    c.text.max_bytes = 100_000
     c.model.update(d_model=32, num_layers=1, num_heads=2)
     c.train.update(steps=4, batch_size=4, log_every=2, checkpoint_every=4)
     c.optimizer.warmup_steps = 1

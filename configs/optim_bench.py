@@ -16,6 +16,8 @@ Step-Law AdamW learning rate (used for the AdamW branch of Muon).
 
 import ml_collections
 
+from jaxllm.data.pipeline import text_config
+
 ARGS = (None, "smoke", "tiny")
 
 
@@ -59,8 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.reference = "adamw"
   c.token_budget = 20_000_000
   c.warmup_fraction = 0.1
-  c.text = ml_collections.ConfigDict(dict(glob="", max_bytes=8_000_000, eval_fraction=0.05,
-                                          seq_len=256))
+  # Python's stdlib sources as bytes, a TFDS dataset built on first use (jaxllm.data.pipeline).
+  c.text = text_config(seq_len=256)
   c.model = ml_collections.ConfigDict(dict(
       style="llama", d_model=256, num_layers=4, num_heads=4, num_kv_heads=None,
       attention_impl="auto", dtype="float32"))
@@ -73,14 +75,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.optimizers = _optimizers(rank=64, long_run=True)
   if arg in ("smoke", "tiny"):
     c.token_budget = 240_000
-    c.text.update(max_bytes=1_000_000, seq_len=64)
+    c.text.seq_len = 64
     c.model.update(d_model=64, num_layers=2, num_heads=4)
     c.train.update(batch_size=16, log_every=10)
     c.eval.update(num_sequences=128, timing_repeats=20)
     c.optimizers = _optimizers(rank=16, long_run=False)
   if arg == "tiny":  # seconds: wiring checks only
     c.token_budget = 2_048
-    c.text.max_bytes = 100_000
     c.model.update(d_model=32, num_layers=1, num_heads=2)
     c.train.update(batch_size=4, log_every=2)
     c.eval.update(num_sequences=8, timing_repeats=2)

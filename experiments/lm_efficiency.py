@@ -6,8 +6,9 @@ stream and optimizer:
 * ``recall``: multi-query associative recall. A sequence lists ``num_pairs`` random key-value
   pairs, then ``num_queries`` of the keys again, each followed by its value; the loss and the
   recall accuracy are taken on those answers only (the pairs themselves are unpredictable).
-* ``text``: byte-level language modelling on local text files (``text.glob``; by default Python's
-  standard library sources), the last ``text.eval_fraction`` of the bytes held out.
+* ``text``: language modelling on a TFDS text corpus read through ``jaxllm.data.pipeline``
+  (``config.text``; by default Python's standard library sources as bytes, packed), scored on its
+  held-out ``validation`` documents.
 
 Reported per (task, variant): final train loss, held-out loss, recall accuracy, training tokens/s
 (whole run, compile included) and forward tokens/s (compiled, timed after training), plus the
@@ -17,9 +18,7 @@ through a KV cache under each policy of ``eval.cache_policies`` (StreamingLLM, H
 ``scripts/figures/fig_lm_efficiency.py`` draws them.
 """
 
-import glob
 import os
-import sysconfig
 import time
 
 import jax
@@ -28,6 +27,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from jaxllm.data.pipeline import TextData
 from jaxllm.inference import decode
 from jaxllm.inference.policies import Policy
 from jaxllm.models.transformer import build, count_params
@@ -89,56 +89,37 @@ class RecallTask:
     return [self.sample(rng, self.batch_size) for _ in range(max(num // self.batch_size, 1))]
 
 
-def load_corpus(pattern: str, max_bytes: int) -> np.ndarray:
-  """uint8 bytes of the sorted files matching ``pattern`` (Python's stdlib sources if empty)."""
-  pattern = pattern or os.path.join(sysconfig.get_paths()["stdlib"], "*.py")
-  chunks, size = [], 0
-  for path in sorted(glob.glob(pattern)):
-    with open(path, "rb") as f:
-      data = f.read()
-    chunks.append(data)
-    size += len(data)
-    if size >= max_bytes:
-      break
-  if size == 0:
-    raise ValueError(f"text.glob={pattern!r} matches no non-empty file")
-  return np.frombuffer(b"".join(chunks)[:max_bytes], np.uint8)
-
-
 class TextTask:
-  """Byte-level LM on random windows of a local corpus; the tail is held out."""
+  """Language modelling on a text corpus through ``jaxllm.data.pipeline`` (``config.text``).
+
+  Packed rows score only targets inside their own document (``mask``); ``data_state`` /
+  ``restore_data_state`` carry the grain iterator's state through checkpoints.
+  """
 
   def __init__(self, config, model_cfg: dict):
-    c = config.text
-    corpus = load_corpus(c.glob, int(c.max_bytes))
-    split = int(len(corpus) * (1 - float(c.eval_fraction)))
-    self.train_bytes, self.eval_bytes = corpus[:split], corpus[split:]
-    self.seq_len = int(c.seq_len)
-    if len(self.eval_bytes) <= self.seq_len + 1:
-      raise ValueError(f"text: held-out part ({len(self.eval_bytes)} bytes) is shorter than "
-                       f"text.seq_len={self.seq_len}; raise text.max_bytes or eval_fraction")
     self.batch_size, self.seed = int(config.train.batch_size), int(config.seed)
-    self.model_cfg = dict(model_cfg, vocab_size=256, max_len=self.seq_len)
+    self.data = TextData(config.text, batch_size=self.batch_size, seed=self.seed)
+    self.seq_len = int(config.text.seq_len)
+    self.model_cfg = dict(model_cfg, vocab_size=self.data.tokenizer.vocab_size,
+                          max_len=self.seq_len)
 
   def init_model(self, rngs):
     return build(self.model_cfg, rngs=rngs)
 
-  def _windows(self, data, rng, n):
-    start = rng.integers(0, len(data) - self.seq_len - 1, size=n)
-    tokens = np.stack([data[s:s + self.seq_len + 1] for s in start]).astype(np.int32)
-    return {"tokens": tokens, "mask": np.ones((n, self.seq_len), bool)}
-
   def batch(self, step: int):
-    return self._windows(self.train_bytes, np.random.default_rng([self.seed, step]),
-                         self.batch_size)
+    return self.data.train(step)
+
+  def data_state(self, step: int) -> dict:
+    return self.data.train.state(step)
+
+  def restore_data_state(self, state: dict):
+    self.data.train.restore(state)
 
   def loss(self, model, batch):
     return _masked_ce(model, batch)
 
   def eval_batches(self, num):
-    rng = np.random.default_rng([self.seed, _EVAL_STREAM])
-    return [self._windows(self.eval_bytes, rng, self.batch_size)
-            for _ in range(max(num // self.batch_size, 1))]
+    return self.data.eval_batches(num)
 
 
 TASKS = {"recall": RecallTask, "text": TextTask}

@@ -1,4 +1,4 @@
-"""Optimizer benchmark: a small Llama-style byte LM, one data stream and budget, each optimizer.
+"""Optimizer benchmark: a small Llama-style text LM, one data stream and budget, each optimizer.
 
 The AdamW learning rate and batch size come from Step Law for the model's non-embedding parameter
 count N and the token budget D; every optimizer runs at its published hyperparameters, with its
@@ -27,7 +27,7 @@ from jaxllm.train.metrics import read_metrics
 
 
 class ByteLMTask(TextTask):
-  """Byte-level LM that also exposes its logits, so Sophia-G can sample labels from the model."""
+  """The text LM (bytes by default) exposing its logits, so Sophia-G can sample model labels."""
 
   def logits(self, model, batch):
     logits = model(batch["tokens"][:, :-1]).astype(jnp.float32)

@@ -1,1 +1,1 @@
-"""Evaluation of attention methods and long-context behaviour: fidelity against dense, planted and captured inputs."""
+"""Evaluation: attention fidelity against dense (planted and captured inputs) and long-context retrieval and perplexity."""
