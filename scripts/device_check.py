@@ -50,6 +50,10 @@ print(json.dumps(dict(device=getattr(d, "device_kind", str(d)), backend=jax.defa
 """
 
 
+PREFILL_METHODS = ("sink_window,block_sparse,cca,hyper,moba,minference,flexprefill,xattention,"
+                   "hip,squeezed")
+
+
 def steps(out: str, dry: bool, python: str):
   """(name, argv, json file the step writes or None, share of the budget it may take)."""
   j = lambda name: os.path.join(out, f"{name}.json")
@@ -61,6 +65,10 @@ def steps(out: str, dry: bool, python: str):
         ("dense_and_block_sparse", py + [os.path.join(BENCH, "bench_block_sparse_gpu.py"),
                                          "--smoke", "--out", j("dense_and_block_sparse")],
          j("dense_and_block_sparse"), 0.2),
+        ("sparse_prefill", py + [os.path.join(BENCH, "bench_sparse_prefill.py"), "--lengths",
+                                 "512", "--methods", PREFILL_METHODS, "--kv_heads", "2",
+                                 "--head_dim", "32", "--out", j("sparse_prefill")],
+         j("sparse_prefill"), 0.15),
         ("sparse_decode", py + [os.path.join(BENCH, "bench_sparse_decode.py"), "--interpret",
                                 "--lengths", "512", "--batch", "1", "--heads", "4",
                                 "--kv_heads", "2", "--dim", "32", "--budget", "2",
@@ -68,27 +76,30 @@ def steps(out: str, dry: bool, python: str):
                                 "--out", j("sparse_decode")], j("sparse_decode"), 0.15),
         ("linear", py + [os.path.join(BENCH, "bench_linear.py"), "--lengths", "256",
                          "--repeats", "1", "--decode-repeats", "2", "--out", j("linear")],
-         j("linear"), 0.15),
+         j("linear"), 0.1),
         ("train_step", py + [os.path.join(BENCH, "bench_lm_train_step.py"), "--layers", "1",
                              "--d_model", "64", "--heads", "2", "--vocab", "256", "--seq_len",
                              "32", "--batch", "1", "--warmup", "1", "--steps", "1",
-                             "--no_peer", "--out", j("train_step")], j("train_step"), 0.15),
+                             "--no_peer", "--out", j("train_step")], j("train_step"), 0.1),
     ]
   return [
       ("gpu_tests", py + ["-m", "pytest", "-q", "-x", "-m", "gpu", "-p", "no:cacheprovider",
-                          "tests"], None, 0.25),
+                          "tests"], None, 0.2),
       ("dense_and_block_sparse", py + [os.path.join(BENCH, "bench_block_sparse_gpu.py"),
                                        "--dense_lengths", "8192", "32768", "--sparse_lengths",
                                        "16384", "65536", "--densities", "0.05", "0.1", "0.25",
                                        "--repeats", "5", "--out", j("dense_and_block_sparse")],
        j("dense_and_block_sparse"), 0.3),
+      ("sparse_prefill", py + [os.path.join(BENCH, "bench_sparse_prefill.py"), "--lengths",
+                               "32768", "--methods", PREFILL_METHODS, "--out",
+                               j("sparse_prefill")], j("sparse_prefill"), 0.1),
       ("sparse_decode", py + [os.path.join(BENCH, "bench_sparse_decode.py"), "--lengths",
                               "32768,131072", "--out", j("sparse_decode")], j("sparse_decode"),
        0.1),
       ("linear", py + [os.path.join(BENCH, "bench_linear.py"), "--lengths",
-                       "8192,32768,65536", "--out", j("linear")], j("linear"), 0.15),
+                       "8192,32768,65536", "--out", j("linear")], j("linear"), 0.1),
       ("train_step", py + [os.path.join(BENCH, "bench_lm_train_step.py"), "--no_peer",
-                           "--out", j("train_step")], j("train_step"), 0.2),
+                           "--out", j("train_step")], j("train_step"), 0.15),
   ]
 
 
