@@ -69,6 +69,7 @@ CASES = (
     ("sophia_g", "sophia", "sophia_g", {}, 6e-4, SMALL, {"hess_scale": 2e-2, "bs": 480}),
     ("adahessian", "adahessian", "adahessian", {}, 0.15, SMALL, {}),
     ("frugal", "frugal", "frugal", {}, 1e-3, SMALL, {}),
+    ("frugal_svd", "frugal", "frugal", {"variant": "svd", "update_gap": 8}, 1e-3, SMALL, {}),
     ("frugal_descending", "frugal", "frugal", {"block_order": "descending", "density": 0.5,
                                                "update_gap": 5}, 1e-3, SMALL, {}),
 )
@@ -267,9 +268,10 @@ def build(torch, package, roots, tparams, hidden, rest, hp, lr, extra, draws):
     _package("frugal", os.path.join(root, "frugal"))
     mod = importlib.import_module("frugal.adamw")
     kw = {k: hp[k] for k in ("density", "update_gap", "block_order") if k in hp}
-    opt = mod.BlockAdamW([{"params": rest, "is_proj_params": False},
-                          {"params": hidden, "is_proj_params": True}], lr=lr,
-                         no_deprecation_warning=True, **kw)
+    cls = mod.GaloreAdamW if hp.get("variant") == "svd" else mod.BlockAdamW
+    opt = cls([{"params": rest, "is_proj_params": False},
+               {"params": hidden, "is_proj_params": True}], lr=lr, no_deprecation_warning=True,
+              **kw)
     perms = iter(draws["perms"])
     real = torch.randperm
 

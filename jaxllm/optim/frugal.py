@@ -2,7 +2,8 @@
 
 Variants (``variant``):
   * ``svd``: per hidden kernel, P = top-r singular vectors of G on the shorter side (``lowrank``),
-    r = max(1, round(density * shorter side)); Adam on R = P^T G (or G P), residual G - P R;
+    r = max(1, round(density * shorter side)) (the official class would allow r = 0); Adam on
+    R = P^T G (or G P), residual G - P R;
   * ``random``: the same with a random semi-orthogonal P (QR of a Gaussian matrix);
   * ``block``: whole tensors: round(density * n) of the n hidden kernels get Adam (Python's
     round, as the official ``BlockOptimizer``: 0 blocks for 2 kernels at density 0.25), the rest

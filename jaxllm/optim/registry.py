@@ -50,7 +50,7 @@ def _sgd(learning_rate, momentum=None, nesterov=False):
 
 
 def _lion(learning_rate, b1=0.9, b2=0.99, weight_decay=0.0):
-  # Both official versions (google/automl, lion-pytorch) default to no weight decay.
+  """Lion; defaults: both official versions (google/automl, lion-pytorch), wd 0."""
   return optax.lion(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay)
 
 
@@ -87,7 +87,8 @@ def _other_lr(learning_rate, other_learning_rate):
 
 def _galore(learning_rate, rank=128, update_proj_gap=200, scale=0.25, b1=0.9, b2=0.999,
             eps=1e-6, weight_decay=0.0, other_learning_rate=None):
-  # Every leaf goes through the official GaLoreAdamW class: the rest gets its plain AdamW branch.
+  """GaLore (``galore.py``); the other leaves get the plain AdamW branch of the same official
+  ``GaLoreAdamW`` class. Defaults: the README pre-training script and the class."""
   tx = scale_by_galore(rank, update_proj_gap, scale, b1, b2, eps)
   rest = adam.hf_adamw(_other_lr(learning_rate, other_learning_rate), b1, b2, eps, weight_decay)
   return _matrix(tx, learning_rate, weight_decay, rest, decay_after=True)
@@ -96,7 +97,8 @@ def _galore(learning_rate, rank=128, update_proj_gap=200, scale=0.25, b1=0.9, b2
 def _muon(learning_rate, beta=0.95, ns_steps=5, nesterov=True, weight_decay=0.0,
           other_learning_rate=3e-4, adam_b1=0.9, adam_b2=0.95, adam_eps=1e-10,
           adam_weight_decay=0.0):
-  # Auxiliary AdamW defaults (lr 3e-4, b = (0.9, 0.95), eps 1e-10): MuonWithAuxAdam.
+  """Muon (``muon.py``) with its auxiliary AdamW; defaults: ``MuonWithAuxAdam`` (Muon lr 0.02,
+  momentum 0.95; AdamW lr 3e-4, b = (0.9, 0.95), eps 1e-10, no weight decay)."""
   tx = scale_by_muon(beta, ns_steps, nesterov)
   rest = optax.adamw(_other_lr(learning_rate, other_learning_rate), b1=adam_b1, b2=adam_b2,
                      eps=adam_eps, weight_decay=adam_weight_decay)
@@ -113,7 +115,8 @@ def _spam(learning_rate, density=None, **kw):
 
 def _fira(learning_rate, rank=128, update_proj_gap=200, alpha=0.25, b1=0.9, b2=0.999,
           eps=1e-6, limiter=1.01, weight_decay=0.0, other_learning_rate=None):
-  # As GaLore: the official FiraAdamW class runs the rest through its plain AdamW branch.
+  """Fira (``fira.py``); as GaLore, the official ``FiraAdamW`` class runs the other leaves
+  through its plain AdamW branch. Defaults: the README pre-training script and the class."""
   tx = scale_by_fira(rank, update_proj_gap, alpha, b1, b2, eps, limiter)
   rest = adam.hf_adamw(_other_lr(learning_rate, other_learning_rate), b1, b2, eps, weight_decay)
   return _matrix(tx, learning_rate, weight_decay, rest, decay_after=True)
@@ -122,7 +125,8 @@ def _fira(learning_rate, rank=128, update_proj_gap=200, alpha=0.25, b1=0.9, b2=0
 def _frugal(learning_rate, variant="block", density=0.25, update_gap=200, residual="signsgd",
             residual_scale=1.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
             other_learning_rate=None, seed=0, block_order="random"):
-  # Defaults: the official BlockAdamW / GaloreAdamW classes (wd 0.01, random block order).
+  """FRUGAL (``frugal.py``); defaults: the official ``BlockAdamW`` / ``GaloreAdamW`` classes
+  (density 0.25, gap 200, signSGD residual, eps 1e-8, wd 0.01, random block order)."""
   tx = scale_by_frugal(variant, density, update_gap, residual, residual_scale, b1, b2, eps, seed,
                        block_order)
   rest = optax.adamw(_other_lr(learning_rate, other_learning_rate), b1=b1, b2=b2, eps=eps,
@@ -132,7 +136,8 @@ def _frugal(learning_rate, variant="block", density=0.25, update_gap=200, residu
 
 def _cosmos(learning_rate, rank=64, b1=0.9, b2=0.999, gamma=0.2, lr_ratio=0.1, eps=1e-8,
             nesterov=True, weight_decay=0.0, other_learning_rate=None):
-  # The class's branch for the other leaves is Adam with the same betas and eps.
+  """COSMOS (``cosmos.py``); the class's branch for the other leaves is Adam with the same
+  betas and eps. Defaults: the official ``COSMOS`` class."""
   tx = scale_by_cosmos(rank, b1, b2, gamma, lr_ratio, eps, nesterov)
   rest = optax.adamw(_other_lr(learning_rate, other_learning_rate), b1=b1, b2=b2, eps=eps,
                      weight_decay=weight_decay)
@@ -141,6 +146,7 @@ def _cosmos(learning_rate, rank=64, b1=0.9, b2=0.999, gamma=0.2, lr_ratio=0.1, e
 
 def _soap(learning_rate, b1=0.95, b2=0.95, shampoo_b=None, eps=1e-8, weight_decay=0.01,
           precondition_frequency=10, max_precond_dim=10000):
+  """SOAP (``soap.py``), decaying the stepped weights; defaults: the official ``SOAP`` class."""
   return optax.chain(
       scale_by_soap(b1, b2, shampoo_b, eps, precondition_frequency, max_precond_dim),
       adam.scale_by_lr_then_decay(learning_rate, weight_decay, skip_first=True))

@@ -7,7 +7,7 @@ a step is ||params - official|| / ||official - initial|| over the whole tree; it
 <= 1e-4, or within twice the official code's own float32-vs-float64 difference where the fixture
 records one (COSMOS's sign-like first steps: 1.8e-4 at step 1, 3e-5 by step 20). The default tier
 replays every optimizer at its defaults; the variants (low rank with weight decay, SPAM weight
-decay, FRUGAL's descending block order with refreshes) are ``slow``.
+decay, FRUGAL's svd variant and descending block order with refreshes) are ``slow``.
 """
 
 import glob
