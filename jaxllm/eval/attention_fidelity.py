@@ -39,10 +39,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.attention import masks as vis
-from jaxllm.attention.sparse import cca, hyper, moba
+from jaxllm.attention.sparse import cca, hyper, moba, patterns
 from jaxllm.eval import planted
 from jaxllm.results import write_results
-from pallas_kernels.block_sparse import masks, ops
+from pallas_kernels.block_sparse import api as block_sparse, masks
 
 INPUTS = ("planted", "captured")
 BLOCK = 128  # block size of the dense baseline and the static tables
@@ -74,7 +74,7 @@ def _causal_mask(q, k):
 
 def _table_run(select):
   def run(q, k, v, **opts):
-    return ops.block_sparse_attention(q, k, v, select(q, k, **opts), causal=True, impl="xla",
+    return block_sparse.block_sparse_attention(q, k, v, select(q, k, **opts), causal=True, impl="xla",
                                       return_lse=True)
   return run
 
@@ -85,22 +85,22 @@ def _table_pairs(table, q, k, **_):
 
 
 def dense_select(q, k):
-  return masks.causal_table(q.shape[1], k.shape[1], block_q=BLOCK, block_k=BLOCK)
+  return patterns.causal_table(q.shape[1], k.shape[1], block_q=BLOCK, block_k=BLOCK)
 
 
 def dense_run(q, k, v):
   """Exact causal attention with its lse, by the block-sparse gather path (no T x S logits)."""
-  return ops.block_sparse_attention(q, k, v, dense_select(q, k), causal=True, impl="xla",
+  return block_sparse.block_sparse_attention(q, k, v, dense_select(q, k), causal=True, impl="xla",
                                     return_lse=True)
 
 
 def sink_window_select(q, k, *, sinks=4, window=1024):
-  return masks.streaming_table(q.shape[1], k.shape[1], sinks=sinks, window=window, block_q=BLOCK,
+  return patterns.sink_window_table(q.shape[1], k.shape[1], sinks=sinks, window=window, block_q=BLOCK,
                                block_k=BLOCK)
 
 
 def sink_window_run(q, k, v, *, sinks=4, window=1024):
-  return ops.block_sparse_attention(q, k, v, sink_window_select(q, k, sinks=sinks, window=window),
+  return block_sparse.block_sparse_attention(q, k, v, sink_window_select(q, k, sinks=sinks, window=window),
                                     causal=True, window=window, sinks=sinks, impl="xla",
                                     return_lse=True)
 
@@ -123,7 +123,7 @@ def pooled_topk_select(q, k, *, block=64, topk=8):
   _, last = masks.query_block_positions(t, s, block)
   diag = jnp.asarray(last // block)[:, None] == jnp.arange(scores.shape[-1])
   scores = jnp.where(diag, jnp.inf, scores)
-  return masks.topk_table(scores, min(topk, scores.shape[-1]), seq_q=t, seq_k=s, block_q=block,
+  return patterns.topk_table(scores, min(topk, scores.shape[-1]), seq_q=t, seq_k=s, block_q=block,
                           block_k=block)
 
 

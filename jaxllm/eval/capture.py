@@ -15,8 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxllm.attention.sparse import patterns
 from jaxllm.models import layers
-from pallas_kernels.block_sparse import masks, ops
+from pallas_kernels.block_sparse import api as block_sparse
 
 CONFIG_ARGS = (None, "smoke", "tiny")
 
@@ -65,12 +66,12 @@ def capture_qkv(model, tokens, *, block: int = 128):
     raise ValueError(f"capture: needs a token model of standard blocks, got block={cfg.block!r}, "
                      f"io={cfg.io!r}")
   t = tokens.shape[1]
-  table = masks.causal_table(t, t, block_q=block, block_k=block)
+  table = patterns.causal_table(t, t, block_q=block, block_k=block)
 
   @nnx.jit
   def one_layer(blk, x_BTD, positions_T):
     q, k, v = blk.attn.qkv(blk.attn_norm(x_BTD), positions_T)
-    o = ops.block_sparse_attention(q, k, v, table, causal=True, impl="xla")
+    o = block_sparse.block_sparse_attention(q, k, v, table, causal=True, impl="xla")
     x_BTD = x_BTD + blk.attn.wo(o.reshape(x_BTD.shape[0], t, -1))
     return x_BTD + blk.mlp(blk.mlp_norm(x_BTD)), (q, k, v)
 

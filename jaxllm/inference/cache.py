@@ -35,7 +35,8 @@ from jaxllm.attention.linear import options as linear_options
 from jaxllm.attention.methods import dense
 from jaxllm.inference import policies
 from jaxllm.inference.policies import Policy
-from pallas_kernels.sparse_decode import ops as sparse_decode_ops
+from pallas_kernels import common as kernel_common
+from pallas_kernels.sparse_decode import api as sparse_decode_api
 
 _FORM_OPTIONS = ("form", "chunk_size")  # how a linear prefill is computed, not what
 
@@ -72,9 +73,8 @@ def subset_attention(q_BTHD, k_BSKD, v_BSKD, chosen_BKS, *, max_chosen: int, sca
   """
   b, _, h, d = q_BTHD.shape
   s, hkv = k_BSKD.shape[1], k_BSKD.shape[2]
-  backend = jax.default_backend()
-  target = "tpu" if backend == "tpu" else "gpu"
-  block_k = sparse_decode_ops.TPU_LANES if target == "tpu" else sparse_decode_ops.MIN_ROWS
+  tpu = jax.default_backend() == "tpu"
+  block_k = kernel_common.NUM_LANES if tpu else kernel_common.TRITON_MIN_TILE
   m = min(max_chosen, s)
   order = jnp.argsort(~chosen_BKS, axis=-1, stable=True)[..., :m]  # chosen first
   count = jnp.minimum(jnp.sum(chosen_BKS, axis=-1), m).astype(jnp.int32)  # [B, Hkv]
@@ -88,10 +88,10 @@ def subset_attention(q_BTHD, k_BSKD, v_BSKD, chosen_BKS, *, max_chosen: int, sca
   blocks = (m + pad) // block_k
   kv_idx = jnp.broadcast_to(jnp.arange(blocks, dtype=jnp.int32), (b * hkv, 1, blocks))
   cnt = count.reshape(b * hkv)
-  o = sparse_decode_ops.sparse_decode(
+  o = sparse_decode_api.sparse_decode(
       q_BTHD[:, 0].reshape(b * hkv, h // hkv, d), gather(k_BSKD), gather(v_BSKD), kv_idx,
       (-(-cnt // block_k))[:, None], cnt, block_k=block_k, num_splits=1, scale=scale,
-      interpret=backend not in ("gpu", "tpu"), target=target)
+      impl="pallas")
   return o.reshape(b, 1, h, d)
 
 

@@ -133,3 +133,37 @@ def test_cli_bad_input_exits_2_with_one_line(args, word):
   assert proc.returncode == 2
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and word in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("policy", [cm.Policy("full"), cm.Policy("h2o", budget=8),
+                                    cm.Policy("streaming", budget=8)], ids=lambda p: p.label)
+def test_predicted_kv_bytes_equal_jaxllm_cache(policy):
+  """The cost model's KV bytes equal what jaxllm's decoding cache holds after 20 + 5 tokens."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  from jaxllm.inference import decode
+  from jaxllm.inference.policies import Policy
+  from jaxllm.models.config import TransformerConfig
+  from jaxllm.models.transformer import Transformer
+  cfg = TransformerConfig(d_model=32, num_layers=2, num_heads=4, num_kv_heads=2, vocab_size=64,
+                          max_len=64, positions="rope", norm="rmsnorm", mlp="swiglu",
+                          use_bias=False)
+  model = Transformer(cfg, rngs=nnx.Rngs(0))
+  batch, prompt, new = 3, 20, 5
+  tokens = jax.random.randint(jax.random.key(1), (batch, prompt), 0, 64)
+  jax_policy = Policy(policy.name, budget=policy.budget) if policy.budget else Policy("full")
+  _, cache = decode.prefill(model, tokens, jax_policy, max_new_tokens=new)
+  for i in range(new):
+    _, cache, _ = decode.decode_step(model, cache, jnp.full((batch,), i, jnp.int32))
+  spec = cm.spec_from_model_config(cfg, bytes_per_element=4)
+  predicted = cm.kv_bytes(spec, prompt + new, batch, policy)
+  per_token = 2 * cfg.dim_per_head * 4  # keys and values of one token in one kv head
+  held = sum(int(np.sum(np.asarray(layer.pos) >= 0)) for layer in cache.layers) * per_token
+  assert held == predicted
+  allocated = sum(layer.k.nbytes + layer.v.nbytes for layer in cache.layers)
+  if policy.name == "full":
+    assert allocated == predicted  # the full cache allocates exactly the tokens it holds
+  else:  # bounded caches hold one transient slot for the newest token beyond the budget
+    assert allocated == predicted * (policy.budget + 1) // policy.budget

@@ -49,14 +49,11 @@ def moba(q, k, v, *, impl="auto", causal=True, chunk_size=moba_lib.CHUNK_SIZE,
   return o
 
 
-def _kernel(impl):
-  """(kernel, interpret) for hyper's block-diagonal part."""
-  backend = jax.default_backend()
-  if impl == "xla" or (impl == "auto" and backend not in ("gpu", "tpu")):
-    return "xla", False
-  if backend == "tpu":
-    return "pallas_tpu", False
-  return "pallas", backend != "gpu"
+def _kernel_impl(impl):
+  """hyper's block-diagonal part runs the kernel for ``pallas``, and for ``auto`` on GPU / TPU."""
+  if impl == "auto":
+    return "pallas" if jax.default_backend() in ("gpu", "tpu") else "xla"
+  return impl
 
 
 def hyper(q, k, v, *, impl="auto", causal=True, lsh_num_projs=hyper_lib.LSH_NUM_PROJS,
@@ -68,7 +65,7 @@ def hyper(q, k, v, *, impl="auto", causal=True, lsh_num_projs=hyper_lib.LSH_NUM_
   o, _ = hyper_lib.attention(q, k, v, lsh_num_projs=lsh_num_projs, block_size=block_size,
                              sample_size=sample_size, min_seq_len=min_seq_len, seed=seed,
                              lsh_order=lsh_order, scale=_scale("hyper", scale),
-                             impl=_kernel(impl))
+                             impl=_kernel_impl(impl))
   return o
 
 

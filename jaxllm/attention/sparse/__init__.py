@@ -1,7 +1,7 @@
 """Block selection of the sparse prefill methods, separate from running a table.
 
 ``select(method, q, k, **options)`` returns what the block-sparse op runs
-(``pallas_kernels.block_sparse.ops.block_sparse_attention``):
+(``pallas_kernels.block_sparse.api.block_sparse_attention``):
 
 * ``flexprefill``, ``xattention``, ``hip``: a :class:`BlockTable` per (batch, query head,
   query block);

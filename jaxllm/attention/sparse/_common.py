@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pallas_kernels.block_sparse.masks import BlockTable, VerticalSlash, from_block_mask
-from pallas_kernels.block_sparse.ops import block_sparse_attention
+from pallas_kernels.block_sparse.api import block_sparse_attention
 
 IMPLS = ("xla", "pallas", "auto")
 

@@ -34,8 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pallas_kernels.block_sparse import kernel_gpu, masks, ops
-from pallas_kernels.block_sparse_tpu.config import NUM_LANES
+from pallas_kernels.block_sparse import api as block_sparse, masks, mosaic_tpu, triton
 
 LSH_NUM_PROJS = 7
 BLOCK_SIZE = 256
@@ -106,6 +105,12 @@ def _pad_rows(x, n):
   return jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, n - x.shape[-2]), (0, 0)])
 
 
+def _kernel_fits(block_q: int, block_k: int) -> bool:
+  """Whether this platform's block-sparse kernel (Mosaic on TPU, else Triton) takes the blocks."""
+  kernel = mosaic_tpu if jax.default_backend() == "tpu" else triton
+  return kernel.blocks_fit(block_q, block_k)
+
+
 class _Routines:
   """The two routines on flattened problems x [N, n, D]; ``key`` is split per call."""
 
@@ -117,16 +122,13 @@ class _Routines:
   def _diagonal(self, q_s, k_s, v_s, nb, qbs, nk):
     """Exact attention of sorted query block i to sorted key block i (padded keys masked)."""
     n = q_s.shape[0]
-    kernel, interpret = self.impl
-    fits = (kernel == "pallas" and kernel_gpu.blocks_fit(qbs, self.block)) or (
-        kernel == "pallas_tpu" and qbs % NUM_LANES == 0 and self.block % NUM_LANES == 0)
-    if fits:
+    if self.impl != "xla" and _kernel_fits(qbs, self.block):
       nqb = masks.num_blocks(q_s.shape[1], qbs)
       table = masks.BlockTable(jnp.arange(nqb, dtype=jnp.int32)[None, None, :, None],
                                jnp.ones((1, 1, nqb), jnp.int32), qbs, self.block)
-      o, lse = ops.block_sparse_attention(
+      o, lse = block_sparse.block_sparse_attention(
           q_s[:, :, None], k_s[:, :nk, None], v_s[:, :nk, None], table, causal=False,
-          scale=self.scale, impl=kernel, interpret=interpret, return_lse=True)
+          scale=self.scale, impl="pallas", return_lse=True)
       return o[:, :, 0].astype(jnp.float32), lse[:, 0]
     q_b = _pad_rows(q_s, nb * qbs).reshape(n, nb, qbs, -1)
     k_b = k_s.reshape(n, nb, self.block, -1)
@@ -227,11 +229,11 @@ _STATIC = ("lsh_num_projs", "block_size", "sample_size", "min_seq_len", "seed", 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def attention(q, k, v, *, lsh_num_projs=LSH_NUM_PROJS, block_size=BLOCK_SIZE,
               sample_size=SAMPLE_SIZE, min_seq_len=MIN_SEQ_LEN, seed=0, lsh_order="gray",
-              scale=None, impl=("xla", False)):
+              scale=None, impl="xla"):
   """Causal HyperAttention. Returns (o [B, T, H, D] in q's dtype, lse float32 [B, H, T]).
 
-  ``impl`` = (kernel, interpret) runs the sorted block-diagonal part: kernel ``xla`` as batched
-  dense blocks; ``pallas`` / ``pallas_tpu`` through ``pallas_kernels.block_sparse`` with a
+  ``impl`` runs the sorted block-diagonal part: ``xla`` as batched dense blocks; ``pallas`` /
+  ``auto`` through ``pallas_kernels.block_sparse``'s kernel (interpreted off its hardware) with a
   diagonal table wherever the block sizes fit that kernel (dense blocks elsewhere).
   """
   o, lse, _ = _run(q, k, v, lsh_num_projs=lsh_num_projs, block_size=block_size,
@@ -249,7 +251,7 @@ def pair_mask(q, k, *, lsh_num_projs=LSH_NUM_PROJS, block_size=BLOCK_SIZE,
   """
   _, _, mask = _run(q, k, k, lsh_num_projs=lsh_num_projs, block_size=block_size,
                     sample_size=sample_size, min_seq_len=min_seq_len, seed=seed,
-                    lsh_order=lsh_order, scale=None, impl=("xla", False), pairs=True)
+                    lsh_order=lsh_order, scale=None, impl="xla", pairs=True)
   return mask
 
 
