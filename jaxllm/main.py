@@ -27,6 +27,7 @@ from ml_collections import config_dict, config_flags
 
 import configs
 import experiments
+from jaxllm import sharding
 from jaxllm.results import write_text
 from jaxllm.train import workdir as workdir_lib
 from jaxllm.train.validate import check_numbers
@@ -98,6 +99,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     f"{DEFAULT_CONFIG}:{DEFAULT_ARG}.", lock_config=True)
 _PARSER = _ConfigFileParser()
 flags.FLAGS["config"].parser = _PARSER
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed", False, "Call jax.distributed.initialize() first (a multi-host run: every "
+    "host runs the same command; also set by JAXLLM_DISTRIBUTED=1). Only process 0 writes "
+    "config.json, results.json, metrics and progress.")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output directory (checkpoints, metrics, results.json). Default: "
     "runs/<config name>[_<arg>].")
@@ -233,6 +238,11 @@ def main(argv):
   flag_value = flags.FLAGS["config"].config_filename
   workdir = _WORKDIR.value or default_workdir(flag_value)
   signal.signal(signal.SIGTERM, _terminated)
+  if _DISTRIBUTED.value or sharding.distributed_requested():
+    try:
+      sharding.initialize_distributed()
+    except (ValueError, RuntimeError) as e:
+      _fail(f"--distributed: {_one_line(e)}", 2)
   try:
     results = launch(_CONFIG.value, workdir)
   except Interrupted as e:
@@ -247,7 +257,8 @@ def main(argv):
     _fail(_one_line(e), 2)
   except (CheckpointWriteError, OSError) as e:
     _fail(_one_line(e), 1)
-  print(_summary(results))
+  if sharding.is_primary():
+    print(_summary(results))
   print(f"results: {os.path.join(workdir, 'results.json')}", file=sys.stderr)
 
 

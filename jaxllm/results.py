@@ -32,12 +32,20 @@ def _umask() -> int:
   return mask
 
 
+def _process_index() -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index()
+
+
 def write_text(path: str, text: str) -> str:
   """Writes ``text`` to ``path`` via a temp file and an atomic rename.
 
   The file gets the mode ``open()`` would give it (0644 under the usual umask 022), not the
-  0600 of the temp file.
+  0600 of the temp file. In a multi-process run only process 0 writes (every process computes
+  the same results).
   """
+  if _process_index() != 0:
+    return path
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])

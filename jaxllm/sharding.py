@@ -16,6 +16,7 @@ A parameter dimension that its mesh axes do not divide is replicated (the GPT-2 
 
 import dataclasses
 import math
+import os
 
 import jax
 import numpy as np
@@ -174,3 +175,39 @@ def plan_from_config(cfg, devices=None) -> Plan:
   """The Plan for a ``config.sharding`` block (fields mesh_axes, mesh_shape, rules)."""
   mesh = make_mesh(cfg.get("mesh_axes", DEFAULT_AXES), cfg.get("mesh_shape", (-1, 1, 1)), devices)
   return Plan(mesh, _rules_dict(cfg.get("rules", DEFAULT_RULES), mesh))
+
+
+# --- multi-host ------------------------------------------------------------------------------
+
+DISTRIBUTED_ENV = "JAXLLM_DISTRIBUTED"
+
+
+def distributed_requested() -> bool:
+  """Whether the environment asks for a multi-process run (``JAXLLM_DISTRIBUTED=1``)."""
+  return os.environ.get(DISTRIBUTED_ENV, "").lower() in ("1", "true", "yes")
+
+
+def initialize_distributed() -> None:
+  """``jax.distributed.initialize()`` before any computation.
+
+  On a TPU VM (and SLURM / Kubernetes clusters jax knows) every argument is detected. Elsewhere
+  ``JAXLLM_COORDINATOR`` (host:port of process 0), ``JAXLLM_NUM_PROCESSES`` and
+  ``JAXLLM_PROCESS_ID`` give them; on CPU the collectives run over gloo.
+  """
+  kw = {}
+  if os.environ.get("JAXLLM_COORDINATOR"):
+    try:
+      kw = dict(coordinator_address=os.environ["JAXLLM_COORDINATOR"],
+                num_processes=int(os.environ["JAXLLM_NUM_PROCESSES"]),
+                process_id=int(os.environ["JAXLLM_PROCESS_ID"]))
+    except (KeyError, ValueError) as e:
+      raise ValueError("JAXLLM_COORDINATOR needs JAXLLM_NUM_PROCESSES and JAXLLM_PROCESS_ID as "
+                       f"integers ({e})") from None
+  if jax.config.jax_platforms in ("cpu",) or os.environ.get("JAX_PLATFORMS") == "cpu":
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(**kw)
+
+
+def is_primary() -> bool:
+  """Process 0 writes the run's files (config, results, metrics, progress); others only compute."""
+  return jax.process_index() == 0

@@ -265,7 +265,7 @@ def _run(config, workdir, task, total, ckpt_every, log_every, with_data, progres
   write_text(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=1))
 
   writer = MetricWriter(workdir, resume_step=start)
-  prog = _Progress(total, start, log_every, progress)
+  prog = _Progress(total, start, log_every, progress and jax.process_index() == 0)
   pending = None  # (step, device metrics): read one step late so the host never stalls the device
   clip = config.optimizer.get("grad_clip")
   advice = (f"Lower optimizer.learning_rate (now {config.optimizer.learning_rate})" +

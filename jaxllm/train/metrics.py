@@ -3,15 +3,21 @@
 import json
 import os
 
+import jax
+
 
 class MetricWriter:
   """Appends ``{"step": s, ...}`` lines to ``workdir/metrics.jsonl`` and TensorBoard scalars.
 
   Step s logs the metrics of the update that produced state s, so on resume from a checkpoint at
-  step s the lines past s are dropped first and the log holds each step once.
+  step s the lines past s are dropped first and the log holds each step once. In a multi-process
+  run only process 0 writes; the others' writer does nothing.
   """
 
   def __init__(self, workdir: str, *, resume_step: int = 0, tensorboard: bool = True):
+    self._file = self._tb = None
+    if jax.process_index() != 0:
+      return
     os.makedirs(workdir, exist_ok=True)
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._truncate(resume_step)
@@ -32,6 +38,8 @@ class MetricWriter:
     os.replace(tmp, self.path)
 
   def write(self, step: int, metrics: dict):
+    if self._file is None:
+      return
     row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
@@ -41,6 +49,8 @@ class MetricWriter:
           self._tb.add_scalar(k, v, step)
 
   def close(self):
+    if self._file is None:
+      return
     self._file.close()
     if self._tb is not None:
       self._tb.close()

@@ -8,6 +8,8 @@ import json
 import os
 import socket
 
+import jax
+
 LOCK_NAME = ".lock"
 
 
@@ -46,11 +48,12 @@ def lock(workdir: str):
 
   The lock is a ``flock`` on the file, so the kernel releases it when the holder dies, even by
   ``kill -9``: a lock left by a killed run never blocks the next one. The file names the holder
-  (pid, host, start time) for the message another run prints, and is deleted on release.
+  (pid, host, start time) for the message another run prints, and is deleted on release. In a
+  multi-process run process 0 holds it for the whole run; the other processes share the run.
   """
   os.makedirs(workdir, exist_ok=True)
   key = os.path.realpath(workdir)
-  if key in _HELD:
+  if key in _HELD or jax.process_index() != 0:
     yield
     return
   path = os.path.join(key, LOCK_NAME)
