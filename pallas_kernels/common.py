@@ -21,13 +21,19 @@ NUM_LANES = 128  # TPU vreg lane width: Mosaic sequence blocks and row statistic
 TRITON_MIN_TILE = 16  # smallest tile tl.dot accepts
 NT_DIMS = (((1,), (1,)), ((), ()))  # a @ b.T
 NN_DIMS = (((1,), (0,)), ((), ()))  # a @ b
+TN_DIMS = (((0,), (0,)), ((), ()))  # a.T @ b
 
 _SIMULATED = contextvars.ContextVar("pallas_kernels_simulated_platform", default=None)
 
 
 @contextlib.contextmanager
 def interpret_as(platform: str):
-  """Within the block, ``impl="pallas"`` runs ``platform``'s kernel in the Pallas interpreter."""
+  """Within the block, ``impl="pallas"`` runs ``platform``'s kernel in the Pallas interpreter.
+
+  The choice is made when an op is traced, so trace (``jax.jit``) inside the block. An explicit
+  ``interpret=False`` still selects ``platform``'s kernel uninterpreted, for lowering it from
+  another host (``jit(...).trace(...).lower(lowering_platforms=...)``).
+  """
   if platform not in PLATFORMS:
     raise ValueError(f"interpret_as: platform must be one of {list(PLATFORMS)}, got {platform!r}")
   token = _SIMULATED.set(platform)
@@ -63,6 +69,21 @@ def choose(op: str, impl: str, interpret=None, fits=lambda platform: True):
   if impl == "auto" and not (native and fits(platform)):
     return None, False
   return platform, (not native) if interpret is None else interpret
+
+
+def dot_nn(a, b):
+  """a @ b of 2-D tiles, accumulated in float32."""
+  return jax.lax.dot_general(a, b, NN_DIMS, preferred_element_type=jnp.float32)
+
+
+def dot_nt(a, b):
+  """a @ b.T without materialising the transpose."""
+  return jax.lax.dot_general(a, b, NT_DIMS, preferred_element_type=jnp.float32)
+
+
+def dot_tn(a, b):
+  """a.T @ b without materialising the transpose."""
+  return jax.lax.dot_general(a, b, TN_DIMS, preferred_element_type=jnp.float32)
 
 
 def is_pow2(n: int) -> bool:

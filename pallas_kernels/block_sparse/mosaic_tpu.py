@@ -86,7 +86,7 @@ def attention(q, k, v, table: masks.BlockTable, *, causal, scale, window, sinks,
   Returns:
     (o [B, T, H, D] in q's dtype, lse [B, H, T] float32, -inf on rows that see nothing).
   """
-  b, t, h, d = q.shape
+  _, t, h, _ = q.shape
   s, hkv = k.shape[1], k.shape[2]
   cfg = Config(block_q=table.block_q, block_k=table.block_k, t=t, s=s, heads=h, kv_heads=hkv,
                causal=bool(causal), scale=float(scale), window=window, sinks=sinks,

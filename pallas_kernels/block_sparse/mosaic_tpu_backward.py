@@ -19,7 +19,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.block_sparse import mosaic_tpu_tables as tables
-from pallas_kernels.block_sparse.mosaic_tpu_config import (Config, cap, tile_visible, uncap_grad,
+from pallas_kernels.block_sparse.mosaic_tpu_config import (Config, cap, table_index_maps,
+                                                           tile_visible, uncap_grad,
                                                            when_full_or_masked)
 from pallas_kernels.common import NN_DIMS, NT_DIMS
 
@@ -93,20 +94,9 @@ def dq(cfg: Config, q_BHTD, k_BKSD, v_BKSD, lse_BH1T, do_BHTD, di_BH1T, kv_idx, 
   """dq [B, H, T_pad, D] from the forward table; lse and di are [B, H, 1, T_pad] float32."""
   b, h, t_pad, d = q_BHTD.shape
   max_blocks = kv_idx.shape[-1]
-  nq, g, bq, bk = cfg.num_q_blocks, cfg.group, cfg.block_q, cfg.block_k
+  nq, bq, bk = cfg.num_q_blocks, cfg.block_q, cfg.block_k
 
-  def q_map(bi, hi, i, j, idx, cnt):
-    del j, idx, cnt
-    return bi, hi, i, 0
-
-  def row_map(bi, hi, i, j, idx, cnt):
-    del j, idx, cnt
-    return bi, hi, 0, i
-
-  def kv_map(bi, hi, i, j, idx, cnt):
-    del cnt
-    return bi, lax.div(hi, g), idx[((bi * h + hi) * nq + i) * max_blocks + j], 0
-
+  q_map, row_map, kv_map = table_index_maps(cfg, max_blocks)
   q_spec = pl.BlockSpec((None, None, bq, d), q_map)
   kv_spec = pl.BlockSpec((None, None, bk, d), kv_map)
   row_spec = pl.BlockSpec((None, None, 1, bq), row_map)

@@ -64,6 +64,29 @@ class Config:
                                sinks=self.sinks)
 
 
+def table_index_maps(cfg: Config, max_blocks: int):
+  """Index maps of the (B, H, nq, max_blocks) grid walking the scalar-prefetched table.
+
+  Returns (q_map, row_map, kv_map): the query tile, the [1, block_q] row statistics, and the key
+  block listed at slot j (the kv head of query head h is h // group).
+  """
+  nq, g, h = cfg.num_q_blocks, cfg.group, cfg.heads
+
+  def q_map(bi, hi, i, j, idx, cnt):
+    del j, idx, cnt
+    return bi, hi, i, 0
+
+  def row_map(bi, hi, i, j, idx, cnt):
+    del j, idx, cnt
+    return bi, hi, 0, i
+
+  def kv_map(bi, hi, i, j, idx, cnt):
+    del cnt
+    return bi, jax.lax.div(hi, g), idx[((bi * h + hi) * nq + i) * max_blocks + j], 0
+
+  return q_map, row_map, kv_map
+
+
 def cap(cfg: Config, logits):
   """Scaled and (optionally) soft-capped logits, float32."""
   logits = logits * cfg.scale

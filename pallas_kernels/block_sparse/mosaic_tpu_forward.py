@@ -16,8 +16,8 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from pallas_kernels.common import NN_DIMS, NT_DIMS, NUM_LANES, widen
-from pallas_kernels.block_sparse.mosaic_tpu_config import (Config, cap, tile_visible,
-                                                           when_full_or_masked)
+from pallas_kernels.block_sparse.mosaic_tpu_config import (Config, cap, table_index_maps,
+                                                           tile_visible, when_full_or_masked)
 
 
 def _kernel(idx_ref, cnt_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, m_sc, l_sc, acc_sc, *,
@@ -76,15 +76,9 @@ def forward(cfg: Config, q_BHTD, k_BKSD, v_BKSD, kv_idx, kv_cnt):
   """
   b, h, t_pad, d = q_BHTD.shape
   max_blocks = kv_idx.shape[-1]
-  nq, g, bq, bk = cfg.num_q_blocks, cfg.group, cfg.block_q, cfg.block_k
+  nq, bq, bk = cfg.num_q_blocks, cfg.block_q, cfg.block_k
 
-  def q_map(bi, hi, i, j, idx, cnt):
-    del j, idx, cnt
-    return bi, hi, i, 0
-
-  def kv_map(bi, hi, i, j, idx, cnt):
-    del cnt
-    return bi, lax.div(hi, g), idx[((bi * h + hi) * nq + i) * max_blocks + j], 0
+  q_map, _, kv_map = table_index_maps(cfg, max_blocks)
 
   grid_spec = pltpu.PrefetchScalarGridSpec(
       num_scalar_prefetch=2,

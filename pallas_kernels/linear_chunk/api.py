@@ -130,7 +130,7 @@ def linear_chunk(q, k, v, log_decay, initial_state=None, *, chunk_size: int = 64
   Returns:
     (o [B, T, H, E] float32, final state [B, H, D, E] float32).
   """
-  b, t, h, d = q.shape
+  b, _, h, d = q.shape
   e = v.shape[-1]
   if k.shape != q.shape or v.shape[:3] != q.shape[:3] or log_decay.shape != (h,):
     raise ValueError(f"linear_chunk: expected q, k [B, T, H, D], v [B, T, H, E], log_decay [H]; "

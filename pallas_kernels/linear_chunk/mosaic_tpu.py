@@ -19,6 +19,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels.common import dot_nn, dot_nt, dot_tn
+
 _F32 = jnp.float32
 
 
@@ -33,18 +35,6 @@ def check_tiling(chunk: int, d: int, e: int, seq_len_padded: int = 0) -> None:
     if val % 128 and val > 128:
       raise ValueError(f"linear_chunk TPU kernel: {name} must be <= 128 or a multiple of 128, "
                        f"got {val}")
-
-
-def _dot(a, b):
-  return jnp.dot(a, b, preferred_element_type=_F32)
-
-
-def _dot_t(a, b):
-  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=_F32)
-
-
-def _dot_tn(a, b):
-  return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=_F32)
 
 
 def _tables(a, c, chunk, seq_len):
@@ -70,8 +60,8 @@ def _fwd_kernel(a_ref, q_ref, k_ref, v_ref, s0_ref, o_ref, st_ref, state, *, chu
 
   mask, q_decay, chunk_decay, k_decay = _tables(a_ref[pl.program_id(1)], c, chunk, seq_len)
   q, k, v = (r[...].astype(_F32) for r in (q_ref, k_ref, v_ref))
-  o_ref[...] = (_dot(_dot_t(q, k) * mask, v) + _dot(q * q_decay, state[...])).astype(o_ref.dtype)
-  state[...] = chunk_decay * state[...] + _dot_tn(k * k_decay, v)
+  o_ref[...] = (dot_nn(dot_nt(q, k) * mask, v) + dot_nn(q * q_decay, state[...])).astype(o_ref.dtype)
+  state[...] = chunk_decay * state[...] + dot_tn(k * k_decay, v)
 
   @pl.when(c == n_chunks - 1)
   def _():
@@ -87,9 +77,9 @@ def _dq_kernel(a_ref, k_ref, v_ref, s0_ref, do_ref, dq_ref, state, *, chunk, seq
 
   mask, q_decay, chunk_decay, k_decay = _tables(a_ref[pl.program_id(1)], c, chunk, seq_len)
   k, v, do = (r[...].astype(_F32) for r in (k_ref, v_ref, do_ref))
-  dq = _dot(_dot_t(do, v) * mask, k) + q_decay * _dot_t(do, state[...])
+  dq = dot_nn(dot_nt(do, v) * mask, k) + q_decay * dot_nt(do, state[...])
   dq_ref[...] = dq.astype(dq_ref.dtype)
-  state[...] = chunk_decay * state[...] + _dot_tn(k * k_decay, v)
+  state[...] = chunk_decay * state[...] + dot_tn(k * k_decay, v)
 
 
 def _dkdv_kernel(a_ref, q_ref, k_ref, v_ref, do_ref, dst_ref, dk_ref, dv_ref, ds0_ref, grad,
@@ -104,9 +94,9 @@ def _dkdv_kernel(a_ref, q_ref, k_ref, v_ref, do_ref, dst_ref, dk_ref, dv_ref, ds
   mask, q_decay, chunk_decay, k_decay = _tables(a_ref[pl.program_id(1)], c, chunk, seq_len)
   q, k, v, do = (r[...].astype(_F32) for r in (q_ref, k_ref, v_ref, do_ref))
   g = grad[...]
-  dv_ref[...] = (_dot_tn(_dot_t(q, k) * mask, do) + k_decay * _dot(k, g)).astype(dv_ref.dtype)
-  dk_ref[...] = (_dot_tn(_dot_t(do, v) * mask, q) + k_decay * _dot_t(v, g)).astype(dk_ref.dtype)
-  grad[...] = chunk_decay * g + _dot_tn(q * q_decay, do)
+  dv_ref[...] = (dot_tn(dot_nt(q, k) * mask, do) + k_decay * dot_nn(k, g)).astype(dv_ref.dtype)
+  dk_ref[...] = (dot_tn(dot_nt(do, v) * mask, q) + k_decay * dot_nt(v, g)).astype(dk_ref.dtype)
+  grad[...] = chunk_decay * g + dot_tn(q * q_decay, do)
 
   @pl.when(step == n_chunks - 1)
   def _():

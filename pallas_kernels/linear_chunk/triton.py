@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
+from pallas_kernels.common import dot_nn, dot_nt, dot_tn
+
 _F32 = jnp.float32
 
 
@@ -36,20 +38,6 @@ def check_tiling(chunk: int, d: int, e: int, seq_len_padded: int = 0) -> None:
   if seq_len_padded % chunk:
     raise ValueError(f"linear_chunk kernel: padded length {seq_len_padded} is not a multiple of "
                      f"chunk_size {chunk}")
-
-
-def _dot(a, b):
-  return jnp.dot(a, b, preferred_element_type=_F32)
-
-
-def _dot_t(a, b):
-  """a @ b^T without materialising the transpose."""
-  return jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())), preferred_element_type=_F32)
-
-
-def _dot_tn(a, b):
-  """a^T @ b."""
-  return jax.lax.dot_general(a, b, (((0,), (0,)), ((), ())), preferred_element_type=_F32)
 
 
 def _decay_tables(a, chunk):
@@ -77,10 +65,10 @@ def _fwd_kernel(a_ref, q_ref, k_ref, v_ref, s0_ref, o_ref, st_ref, *, chunk, seq
     q = q_ref[rows, :].astype(_F32)
     k = k_ref[rows, :].astype(_F32)
     v = v_ref[rows, :].astype(_F32)
-    o = _dot(_dot_t(q, k) * mask, v) + _dot(q * q_decay, state)
+    o = dot_nn(dot_nt(q, k) * mask, v) + dot_nn(q * q_decay, state)
     o_ref[rows, :] = o.astype(o_ref.dtype)
     chunk_decay, k_decay = _chunk_len_decay(a, c, chunk, seq_len)
-    return chunk_decay * state + _dot_tn(k * k_decay, v)
+    return chunk_decay * state + dot_tn(k * k_decay, v)
 
   n_chunks = pl.cdiv(seq_len, chunk)
   st_ref[...] = jax.lax.fori_loop(0, n_chunks, body, s0_ref[...].astype(_F32))
@@ -100,10 +88,10 @@ def _bwd_kernel(a_ref, q_ref, k_ref, v_ref, s0_ref, do_ref, dst_ref,
   def forward(c, state):
     # dq_i = sum_{j<=i} lambda^(i-j) (do_i . v_j) k_j + lambda^(i+1) S_prev do_i
     rows, _, k, v, do = load(c)
-    dq = _dot(_dot_t(do, v) * mask, k) + q_decay * _dot_t(do, state)
+    dq = dot_nn(dot_nt(do, v) * mask, k) + q_decay * dot_nt(do, state)
     dq_ref[rows, :] = dq.astype(dq_ref.dtype)
     chunk_decay, k_decay = _chunk_len_decay(a, c, chunk, seq_len)
-    return chunk_decay * state + _dot_tn(k * k_decay, v)
+    return chunk_decay * state + dot_tn(k * k_decay, v)
 
   jax.lax.fori_loop(0, n_chunks, forward, s0_ref[...].astype(_F32))
 
@@ -112,12 +100,12 @@ def _bwd_kernel(a_ref, q_ref, k_ref, v_ref, s0_ref, do_ref, dst_ref,
     c = n_chunks - 1 - step
     rows, q, k, v, do = load(c)
     chunk_decay, k_decay = _chunk_len_decay(a, c, chunk, seq_len)
-    scores = _dot_t(q, k) * mask
-    dv = _dot_tn(scores, do) + k_decay * _dot(k, grad_state)
-    dk = _dot_tn(_dot_t(do, v) * mask, q) + k_decay * _dot_t(v, grad_state)
+    scores = dot_nt(q, k) * mask
+    dv = dot_tn(scores, do) + k_decay * dot_nn(k, grad_state)
+    dk = dot_tn(dot_nt(do, v) * mask, q) + k_decay * dot_nt(v, grad_state)
     dk_ref[rows, :] = dk.astype(dk_ref.dtype)
     dv_ref[rows, :] = dv.astype(dv_ref.dtype)
-    return chunk_decay * grad_state + _dot_tn(q * q_decay, do)
+    return chunk_decay * grad_state + dot_tn(q * q_decay, do)
 
   ds0_ref[...] = jax.lax.fori_loop(0, n_chunks, backward, dst_ref[...].astype(_F32))
 

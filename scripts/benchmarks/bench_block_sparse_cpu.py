@@ -18,7 +18,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxllm.attention.methods import dense
 from jaxllm.attention.sparse import patterns

@@ -120,7 +120,7 @@ def test_lse_matches_reference(impl, mode):
 def test_selection_shared_by_a_gqa_group_with_its_transpose_built_once(impl, mode):
   """A table with K head rows serves each group of H / K query heads; its transposed table,
   built once beforehand, serves the dK/dV pass."""
-  b, t, s, h, hkv, d, bq = 2, 40, 40, 4, 2, 16, 16
+  b, t, s, h, hkv, d, bq = 1, 40, 40, 4, 2, 16, 16
   q, k, v, w = qkv(jax.random.key(12), b, t, s, h, hkv, d, jnp.float32)
   shared = masks.with_transpose(_random_table(jax.random.key(13), b, hkv, t, s, bq, bq), s)
   assert shared.q_idx.shape == (b, hkv, masks.num_blocks(s, bq), masks.num_blocks(t, bq))

@@ -23,7 +23,8 @@ from tests.numerics import rel_err, qkv
 TOL = {jnp.float32: 1e-4, jnp.bfloat16: 2e-2}
 # T = S = 256 fits splash's 128 blocks; H = 4 over K = 2 is GQA. One sequence: the TPU
 # interpreter cannot run splash under the batch vmap.
-CASES = [(jnp.float32, dict()), (jnp.bfloat16, dict(window=100, softcap=20.0))]
+CASES = [pytest.param(jnp.float32, dict(), marks=pytest.mark.slow),
+         (jnp.bfloat16, dict(window=100, softcap=20.0))]
 
 
 def _spy(module, name, calls):
