@@ -117,7 +117,7 @@ def test_block_only_heads_give_a_block_table():
 def test_search_picks_the_best_recall_and_the_file_drives_attention(tmp_path):
   shape = (1, 320, 320, 4, 2)
   q, k, v = th.inputs(shape, seed=2)
-  cands = [A, VS, BS, VS | dict(vertical=200, slash=60)]
+  cands = [A, VS, BS]
   found = minference.search_patterns(q, k, candidates=cands, skip=200)
   p = th.dense_ref_probs(q, k)  # [1, H, T, S]
   for hi, cfg in enumerate(found):

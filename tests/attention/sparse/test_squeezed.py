@@ -149,7 +149,7 @@ def test_default_path_clusters_the_cache_and_calibrates_on_the_call():
 
 
 @pytest.mark.parametrize("shape, dtype", [
-    ("chunk", jnp.float32), ("full", jnp.bfloat16),
+    ("chunk", jnp.float32), pytest.param("full", jnp.bfloat16, marks=pytest.mark.slow),
     pytest.param("full", jnp.float32, marks=pytest.mark.slow),
     pytest.param("chunk", jnp.bfloat16, marks=pytest.mark.slow)])
 def test_full_budget_equals_dense(shape, dtype):
