@@ -158,7 +158,8 @@ def test_defaults_are_the_published_ones():
     (dict(pattern="dilated"), "pattern"), (dict(vertical=0), "vertical"),
     (dict(slash=-3), "slash"), (dict(pattern="block_sparse", top_k=0), "top_k"),
     (dict(pattern="a_shape", window=0), "window"), (dict(heads=[VS]), "heads"),
-    (dict(pattern_file="/nonexistent.json"), "pattern_file")])
+    (dict(pattern_file="/nonexistent.json"), "pattern_file"),
+    (dict(heads=[VS | dict(top_k=3)] * 4), "unknown keys")])
 def test_bad_options(options, word):
   q, k, _ = th.inputs(th.SHAPES["full"])
   with pytest.raises(ValueError, match=word):
