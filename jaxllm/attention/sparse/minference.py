@@ -205,8 +205,18 @@ def select(q, k, *, pattern=DEFAULTS["pattern"], vertical=DEFAULTS["vertical"],
            scale=None):
   """MInference's per-head selection.
 
-  Returns a :class:`VerticalSlash` when some head is vertical-slash (other heads have no
-  columns), else a :class:`BlockTable`; blocks are 64 x 64.
+  Args:
+    q, k: [B, T, H, D] and [B, S, Hkv, D].
+    pattern: the pattern of every head without a per-head config, one of :data:`PATTERNS`,
+      with its sizes: ``vertical`` / ``slash`` (vertical_slash), ``top_k`` key blocks
+      (block_sparse), ``sink`` / ``window`` tokens (a_shape).
+    heads: one config dict per query head (``{"pattern": ..., sizes}``), overriding the file.
+    pattern_file, layer_index: a JSON file from :func:`write_pattern_file` and the layer to read.
+    scale: logit scale of the last-query scores (default 1 / sqrt(D)).
+
+  Returns:
+    A :class:`VerticalSlash` when some head is vertical-slash (other heads have no columns),
+    else a :class:`BlockTable`; blocks are 64 x 64.
   """
   C.check_inputs(METHOD, q, k)
   b, t, h, d = q.shape
