@@ -60,6 +60,10 @@ def _check_head(cfg: dict, where: str) -> dict:
   if not isinstance(cfg, dict):
     raise ValueError(f"{METHOD}: {where} must be a dict with a 'pattern', got {cfg!r}")
   C.check_choice(METHOD, f"{where} pattern", cfg.get("pattern"), PATTERNS)
+  allowed = ("pattern", "score") + _PARAMS[cfg["pattern"]]
+  unknown = sorted(set(cfg) - set(allowed))
+  if unknown:
+    raise ValueError(f"{METHOD}: {where} has unknown keys {unknown}; allowed: {list(allowed)}")
   out = {"pattern": cfg["pattern"]}
   for name in _PARAMS[cfg["pattern"]]:
     value = cfg.get(name, DEFAULTS[name])
@@ -119,8 +123,9 @@ def write_pattern_file(path: str, layers) -> None:
 def head_configs(h: int, *, pattern, vertical, slash, top_k, sink, window, heads=None,
                  pattern_file=None, layer_index=None) -> list[dict]:
   """One validated config per query head: the file's or ``heads``' entry, else the options."""
-  base = _check_head(dict(pattern=pattern, vertical=vertical, slash=slash, top_k=top_k,
-                          sink=sink, window=window), "options:")
+  C.check_choice(METHOD, "pattern", pattern, PATTERNS)
+  given = dict(vertical=vertical, slash=slash, top_k=top_k, sink=sink, window=window)
+  base = _check_head({"pattern": pattern} | {p: given[p] for p in _PARAMS[pattern]}, "options:")
   per_head = {}
   if pattern_file is not None:
     per_head = load_pattern_file(pattern_file, 0 if layer_index is None else layer_index)
@@ -200,8 +205,18 @@ def select(q, k, *, pattern=DEFAULTS["pattern"], vertical=DEFAULTS["vertical"],
            scale=None):
   """MInference's per-head selection.
 
-  Returns a :class:`VerticalSlash` when some head is vertical-slash (other heads have no
-  columns), else a :class:`BlockTable`; blocks are 64 x 64.
+  Args:
+    q, k: [B, T, H, D] and [B, S, Hkv, D].
+    pattern: the pattern of every head without a per-head config, one of :data:`PATTERNS`,
+      with its sizes: ``vertical`` / ``slash`` (vertical_slash), ``top_k`` key blocks
+      (block_sparse), ``sink`` / ``window`` tokens (a_shape).
+    heads: one config dict per query head (``{"pattern": ..., sizes}``), overriding the file.
+    pattern_file, layer_index: a JSON file from :func:`write_pattern_file` and the layer to read.
+    scale: logit scale of the last-query scores (default 1 / sqrt(D)).
+
+  Returns:
+    A :class:`VerticalSlash` when some head is vertical-slash (other heads have no columns),
+    else a :class:`BlockTable`; blocks are 64 x 64.
   """
   C.check_inputs(METHOD, q, k)
   b, t, h, d = q.shape

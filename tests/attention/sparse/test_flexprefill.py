@@ -85,7 +85,8 @@ def numpy_flexprefill(q, k, *, block, gamma, tau, min_budget, max_budget=None, c
 
 
 @pytest.mark.parametrize("shape, tau, cut", [
-    ("chunk", "mixed", "global"), ("full", "mixed", "row"), ("full", 0.1, "global"),
+    ("chunk", "mixed", "global"), ("full", "mixed", "row"),
+    pytest.param("full", 0.1, "global", marks=pytest.mark.slow),
     pytest.param("chunk", "mixed", "row", marks=pytest.mark.slow),
     pytest.param("full", "mixed", "global", marks=pytest.mark.slow),
     pytest.param("chunk", 0.0, "global", marks=pytest.mark.slow)])

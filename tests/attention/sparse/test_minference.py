@@ -117,7 +117,7 @@ def test_block_only_heads_give_a_block_table():
 def test_search_picks_the_best_recall_and_the_file_drives_attention(tmp_path):
   shape = (1, 320, 320, 4, 2)
   q, k, v = th.inputs(shape, seed=2)
-  cands = [A, VS, BS, VS | dict(vertical=200, slash=60)]
+  cands = [A, VS, BS]
   found = minference.search_patterns(q, k, candidates=cands, skip=200)
   p = th.dense_ref_probs(q, k)  # [1, H, T, S]
   for hi, cfg in enumerate(found):
@@ -158,7 +158,8 @@ def test_defaults_are_the_published_ones():
     (dict(pattern="dilated"), "pattern"), (dict(vertical=0), "vertical"),
     (dict(slash=-3), "slash"), (dict(pattern="block_sparse", top_k=0), "top_k"),
     (dict(pattern="a_shape", window=0), "window"), (dict(heads=[VS]), "heads"),
-    (dict(pattern_file="/nonexistent.json"), "pattern_file")])
+    (dict(pattern_file="/nonexistent.json"), "pattern_file"),
+    (dict(heads=[VS | dict(top_k=3)] * 4), "unknown keys")])
 def test_bad_options(options, word):
   q, k, _ = th.inputs(th.SHAPES["full"])
   with pytest.raises(ValueError, match=word):
