@@ -19,6 +19,9 @@ from pallas_kernels.block_sparse import masks as bs_masks
 
 
 
+_decode_step = nnx.jit(decode.decode_step)
+
+
 def _model(style="llama", **kw):
   return helpers.model(style, **{"num_layers": 1, **kw})
 
@@ -105,19 +108,32 @@ def test_a_ragged_batch_decodes_each_row_as_if_alone(style, kv_heads, attention)
     np.testing.assert_array_equal(got["tokens"][i], jnp.argmax(ref, -1))
 
 
+def _run(model, prompt, policy, n):
+  """Greedy prefill + decode steps: (logits [B, n, V], attended sets per step, reuse counts)."""
+  logits, cache = decode.prefill(model, prompt, policy, n)
+  out, attended = [logits], []
+  for _ in range(n - 1):
+    logits, cache, pos = _decode_step(model, cache, jnp.argmax(logits, -1).astype(jnp.int32))
+    out.append(logits)
+    attended.append(pos)
+  return jnp.stack(out, 1), attended, np.asarray(cache.layers[0].reused)
+
+
 def test_tokenselect_through_the_sparse_decode_kernel_matches_the_masked_softmax():
   model = _model("llama", num_kv_heads=2, attention_options={"scale": 8.0})
   prompt = _prompt(2, 9, seed=6)
-  xla = Policy("tokenselect", budget=6, sinks=1, recent=2, impl="xla", threshold=1.0)
-  pallas = Policy("tokenselect", budget=6, sinks=1, recent=2, impl="pallas", threshold=1.0)
-  a = decode.generate(model, prompt, 5, xla, return_trace=True)
-  b = decode.generate(model, prompt, 5, pallas, return_trace=True)
-  np.testing.assert_allclose(b["logits"], a["logits"], atol=2e-5, rtol=2e-5)
-  for pa, pb in zip(a["attended"], b["attended"]):
+  # At this threshold both rows mix fresh and reused selections.
+  kw = dict(budget=6, sinks=1, recent=2, threshold=0.2)
+  a, att_a, reused_a = _run(model, prompt, Policy("tokenselect", impl="xla", **kw), 5)
+  b, att_b, reused_b = _run(model, prompt, Policy("tokenselect", impl="pallas", **kw), 5)
+  np.testing.assert_allclose(b, a, atol=2e-5, rtol=2e-5)
+  np.testing.assert_array_equal(reused_b, reused_a)
+  assert reused_a.min() > 0 and reused_a.max() < 3
+  for pa, pb in zip(att_a, att_b):
     for la, lb in zip(pa, pb):
       np.testing.assert_array_equal(np.sort(la, -1), np.sort(lb, -1))
   full = decode.generate(model, prompt, 5)
-  assert float(jnp.max(jnp.abs(a["logits"] - full["logits"]))) > 1e-3  # tokens were left out
+  assert float(jnp.max(jnp.abs(a - full["logits"]))) > 1e-3  # tokens were left out
 
 
 def test_a_sliding_window_decodes_through_the_sparse_decode_kernel():
@@ -128,9 +144,6 @@ def test_a_sliding_window_decodes_through_the_sparse_decode_kernel():
   prompt = _prompt(1, 6, seed=7)
   a, b = decode.generate(xla, prompt, 5), decode.generate(pallas, prompt, 5)
   np.testing.assert_allclose(b["logits"], a["logits"], atol=2e-5, rtol=2e-5)
-
-
-_decode_step = nnx.jit(decode.decode_step)
 
 
 def _queries(model, seq):
