@@ -47,45 +47,47 @@ def test_each_method_prefill_then_decode_equals_its_full_forward(attention, opti
 def test_decode_rules_are_registered_per_method():
   get = lambda n: attn_api.get(n).decode
   assert [get(n) for n in ("dense", "block_sparse", "sliding_window", "linear", "retention")] == [
-      "dense", "dense", "sparse", "recurrent", "recurrent"]
+      "sparse", "dense", "sparse", "recurrent", "recurrent"]
   assert get("momentum") is None
   with pytest.raises(ValueError, match="decode='paged' unknown"):
     attn_api.register("bad_decode", attn_api.get("dense").fn, decode="paged")
 
 
-def _drop_first_block(q, k, v, *, impl="auto", causal=True, drop=True):
-  """A sparse prefill: block-causal attention (blocks of 8) where the last query block skips the
-  first key block when ``drop``; registered with the default (dense-over-cache) decoding."""
+def _block_band(q, k, v, *, impl="auto", causal=True, window=None):
+  """A sparse prefill pattern: each query block (of 8) sees its ``window`` latest causal key
+  blocks (all of them for None). ``window`` counts blocks of the pattern, not a decoding mask:
+  registered with the default, dense-over-the-whole-cache decoding."""
   t, s = q.shape[1], k.shape[1]
   mask = bs_masks.visible_blocks(t, s, block_q=8, block_k=8, causal=causal)
-  if drop and mask.shape[0] > 1:
-    mask = mask.at[-1, 0].set(False)
+  if window is not None:
+    qb, kb = np.arange(mask.shape[0])[:, None], np.arange(mask.shape[1])[None]
+    mask = mask & jnp.asarray(qb - kb < window)
   table = bs_masks.from_block_mask(mask[None, None], block_q=8, block_k=8)
   return attn_api.attention(q, k, v, method="block_sparse", impl=impl, causal=causal, table=table)
 
 
 @pytest.fixture
 def sparse_prefill_method():
-  attn_api.register("test_drop_first_block", _drop_first_block)
-  yield "test_drop_first_block"
-  registry._REGISTRY.pop("test_drop_first_block")
+  attn_api.register("test_block_band", _block_band)
+  yield "test_block_band"
+  registry._REGISTRY.pop("test_block_band")
 
 
 def test_a_sparse_prefill_method_then_dense_decoding(sparse_prefill_method):
-  """A sparse prefill method runs its own kernel on the prompt and then decodes densely over the
-  cache. Without dropped blocks it is dense attention, so it matches the dense model; dropping a
-  block changes the prompt's last logits to exactly the sparse forward's."""
-  prompt = _prompt(2, 20, seed=2)
+  """A sparse prefill method runs its own kernel on the prompt, then decodes densely over the
+  whole cache. One layer: the cached keys and values do not depend on the prefill's attention,
+  so every decode step equals the dense model's while the prompt's last logits are exactly the
+  sparse forward's; the pattern's ``window`` option is not applied to decoding."""
+  prompt, cont = _prompt(2, 20, seed=2), _prompt(2, 5, seed=3)
   dense_model = _model("llama", num_kv_heads=2)
-  ref = decode.generate(dense_model, prompt, 5)
-  kept = _model("llama", num_kv_heads=2, attention=sparse_prefill_method,
-                attention_options={"drop": False})
-  got = decode.generate(kept, prompt, 5)
-  np.testing.assert_allclose(got["logits"], ref["logits"], atol=2e-5, rtol=2e-5)
-  sparse = _model("llama", num_kv_heads=2, attention=sparse_prefill_method)
-  got = decode.generate(sparse, prompt, 3)
-  np.testing.assert_allclose(got["logits"][:, 0], sparse(prompt)[:, -1], atol=2e-5, rtol=2e-5)
-  assert float(jnp.max(jnp.abs(got["logits"][:, 0] - ref["logits"][:, 0]))) > 1e-4
+  ref = decode.teacher_forced(dense_model, prompt, cont)
+  assert attn_api.get(sparse_prefill_method).decode == "dense"
+  sparse = _model("llama", num_kv_heads=2, attention=sparse_prefill_method,
+                  attention_options={"window": 2})
+  got = decode.teacher_forced(sparse, prompt, cont)
+  np.testing.assert_allclose(got[:, 0], sparse(prompt)[:, -1], atol=2e-5, rtol=2e-5)
+  assert float(jnp.max(jnp.abs(got[:, 0] - ref[:, 0]))) > 1e-4  # the pattern dropped a block
+  np.testing.assert_allclose(got[:, 1:], ref[:, 1:], atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("style,kv_heads,attention", [
