@@ -18,10 +18,12 @@ import numpy as np
 
 IMPLS = ("xla", "pallas", "auto")
 # How a method decodes one token at a time after its prefill (``jaxllm.inference``):
-#   dense: softmax over the KV cache under the method's window / sinks options;
+#   dense: causal softmax over the whole KV cache (only ``scale`` / ``softcap`` are read from the
+#     options: a sparse prefill method's pattern options do not apply to decoding);
 #   recurrent: the O(1) state of the decayed linear recurrence (``jaxllm.attention.linear.state``);
-#   sparse: softmax over the subset of the cache the method's options select, read through the
-#     sparse-decode kernel with ``impl='pallas'``.
+#   sparse: softmax over the subset of the cache that the method's ``window`` / ``sinks`` options
+#     leave visible (the whole cache without a window), read through the sparse-decode kernel with
+#     ``impl='pallas'``.
 # None: the method has no cached decoding.
 DECODES = ("dense", "recurrent", "sparse", None)
 

@@ -6,9 +6,10 @@ the method's registered decode rule (``jaxllm.attention.registry.DECODES``):
 
 * ``dense`` / ``sparse``: a KV cache. The prefill runs the registered method itself over the prompt
   (a sparse prefill method reads the prompt its own way) and keeps k, v and each token's position;
-  a decode step writes the new token into a free slot and attends over the cached tokens that the
-  method's window / sinks options and the policy leave visible. ``sparse`` methods (and TokenSelect)
-  read only that subset, through ``pallas_kernels.sparse_decode`` when the impl asks for the kernel.
+  a decode step writes the new token into a free slot and attends over the cached tokens the policy
+  keeps: all of them (``dense``) or those the method's window / sinks leave visible (``sparse``).
+  A window subset, and TokenSelect's selection, is read through ``pallas_kernels.sparse_decode``
+  when the impl asks for the kernel.
 * ``recurrent``: the decayed linear state [B, H, D, E] of ``jaxllm.attention.linear.state``: O(1)
   per token.
 
@@ -42,13 +43,17 @@ _FORM_OPTIONS = ("form", "chunk_size")  # how a linear prefill is computed, not 
 
 
 def mask_options(method: str, options: dict, head_dim: int):
-  """(scale, softcap, window, sinks) a softmax method attends with: its given ``options`` over its
-  signature's defaults (e.g. ``streaming``'s 4 sinks)."""
-  params = inspect.signature(attn_api.get(method).fn).parameters
+  """(scale, softcap, window, sinks) a softmax method decodes with: its given ``options`` over its
+  signature's defaults (e.g. ``streaming``'s 4 sinks). Window and sinks are the mask only for
+  ``sparse``-decoding methods; elsewhere (sparse prefill patterns) they are not the model's mask."""
+  m = attn_api.get(method)
+  params = inspect.signature(m.fn).parameters
   o = {n: p.default for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
   o.update(options)
   scale = o.get("scale")
   scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+  if m.decode != "sparse":
+    return scale, o.get("softcap"), None, 0
   return scale, o.get("softcap"), o.get("window"), int(o.get("sinks") or 0)
 
 
@@ -172,15 +177,14 @@ class KVLayer:
     new = self
     if policy.name == "tokenselect":
       vis, new = self._select(q, kc, pos, vis, now, scale, softcap)
-    subset = policy.name == "tokenselect" or attn_api.get(method).decode == "sparse"
+    subset = policy.name == "tokenselect" or window is not None  # a window: a sparse decode
     kernel = (subset and policy.name != "h2o"
               and _kernel_wanted(policy.impl if policy.name == "tokenselect" else impl))
     if kernel and softcap is not None:
       raise ValueError(f"the sparse-decode kernel has no logit softcap (softcap={softcap}); "
                        "use impl='xla' for this model")
     if kernel:
-      max_chosen = (policy.budget if policy.name == "tokenselect"
-                    else s if window is None else window + sinks)
+      max_chosen = policy.budget if policy.name == "tokenselect" else window + sinks
       o = subset_attention(q, kc, vc, vis, max_chosen=max_chosen, scale=scale)
     else:
       o, p = dense.masked_attention(q, kc, vc, vis[:, :, None, None, :], scale=scale,

@@ -32,4 +32,5 @@ def rotated_qk(block, x_BTD):
   b, t, _ = h.shape
   q = attn.wq(h).reshape(b, t, cfg.num_heads, cfg.dim_per_head)
   k = attn.wk(h).reshape(b, t, cfg.kv_heads, cfg.dim_per_head)
-  return layers.rope(q, jnp.arange(t), cfg.rope_theta), layers.rope(k, jnp.arange(t), cfg.rope_theta)
+  positions = jnp.arange(t)
+  return layers.rope(q, positions, cfg.rope_theta), layers.rope(k, positions, cfg.rope_theta)

@@ -19,6 +19,9 @@ from pallas_kernels.block_sparse import masks as bs_masks
 
 
 
+_decode_step = nnx.jit(decode.decode_step)
+
+
 def _model(style="llama", **kw):
   return helpers.model(style, **{"num_layers": 1, **kw})
 
@@ -44,45 +47,47 @@ def test_each_method_prefill_then_decode_equals_its_full_forward(attention, opti
 def test_decode_rules_are_registered_per_method():
   get = lambda n: attn_api.get(n).decode
   assert [get(n) for n in ("dense", "block_sparse", "sliding_window", "linear", "retention")] == [
-      "dense", "dense", "sparse", "recurrent", "recurrent"]
+      "sparse", "dense", "sparse", "recurrent", "recurrent"]
   assert get("momentum") is None
   with pytest.raises(ValueError, match="decode='paged' unknown"):
     attn_api.register("bad_decode", attn_api.get("dense").fn, decode="paged")
 
 
-def _drop_first_block(q, k, v, *, impl="auto", causal=True, drop=True):
-  """A sparse prefill: block-causal attention (blocks of 8) where the last query block skips the
-  first key block when ``drop``; registered with the default (dense-over-cache) decoding."""
+def _block_band(q, k, v, *, impl="auto", causal=True, window=None):
+  """A sparse prefill pattern: each query block (of 8) sees its ``window`` latest causal key
+  blocks (all of them for None). ``window`` counts blocks of the pattern, not a decoding mask:
+  registered with the default, dense-over-the-whole-cache decoding."""
   t, s = q.shape[1], k.shape[1]
   mask = bs_masks.visible_blocks(t, s, block_q=8, block_k=8, causal=causal)
-  if drop and mask.shape[0] > 1:
-    mask = mask.at[-1, 0].set(False)
+  if window is not None:
+    qb, kb = np.arange(mask.shape[0])[:, None], np.arange(mask.shape[1])[None]
+    mask = mask & jnp.asarray(qb - kb < window)
   table = bs_masks.from_block_mask(mask[None, None], block_q=8, block_k=8)
   return attn_api.attention(q, k, v, method="block_sparse", impl=impl, causal=causal, table=table)
 
 
 @pytest.fixture
 def sparse_prefill_method():
-  attn_api.register("test_drop_first_block", _drop_first_block)
-  yield "test_drop_first_block"
-  registry._REGISTRY.pop("test_drop_first_block")
+  attn_api.register("test_block_band", _block_band)
+  yield "test_block_band"
+  registry._REGISTRY.pop("test_block_band")
 
 
 def test_a_sparse_prefill_method_then_dense_decoding(sparse_prefill_method):
-  """A sparse prefill method runs its own kernel on the prompt and then decodes densely over the
-  cache. Without dropped blocks it is dense attention, so it matches the dense model; dropping a
-  block changes the prompt's last logits to exactly the sparse forward's."""
-  prompt = _prompt(2, 20, seed=2)
+  """A sparse prefill method runs its own kernel on the prompt, then decodes densely over the
+  whole cache. One layer: the cached keys and values do not depend on the prefill's attention,
+  so every decode step equals the dense model's while the prompt's last logits are exactly the
+  sparse forward's; the pattern's ``window`` option is not applied to decoding."""
+  prompt, cont = _prompt(2, 20, seed=2), _prompt(2, 5, seed=3)
   dense_model = _model("llama", num_kv_heads=2)
-  ref = decode.generate(dense_model, prompt, 5)
-  kept = _model("llama", num_kv_heads=2, attention=sparse_prefill_method,
-                attention_options={"drop": False})
-  got = decode.generate(kept, prompt, 5)
-  np.testing.assert_allclose(got["logits"], ref["logits"], atol=2e-5, rtol=2e-5)
-  sparse = _model("llama", num_kv_heads=2, attention=sparse_prefill_method)
-  got = decode.generate(sparse, prompt, 3)
-  np.testing.assert_allclose(got["logits"][:, 0], sparse(prompt)[:, -1], atol=2e-5, rtol=2e-5)
-  assert float(jnp.max(jnp.abs(got["logits"][:, 0] - ref["logits"][:, 0]))) > 1e-4
+  ref = decode.teacher_forced(dense_model, prompt, cont)
+  assert attn_api.get(sparse_prefill_method).decode == "dense"
+  sparse = _model("llama", num_kv_heads=2, attention=sparse_prefill_method,
+                  attention_options={"window": 2})
+  got = decode.teacher_forced(sparse, prompt, cont)
+  np.testing.assert_allclose(got[:, 0], sparse(prompt)[:, -1], atol=2e-5, rtol=2e-5)
+  assert float(jnp.max(jnp.abs(got[:, 0] - ref[:, 0]))) > 1e-4  # the pattern dropped a block
+  np.testing.assert_allclose(got[:, 1:], ref[:, 1:], atol=2e-5, rtol=2e-5)
 
 
 @pytest.mark.parametrize("style,kv_heads,attention", [
@@ -105,19 +110,32 @@ def test_a_ragged_batch_decodes_each_row_as_if_alone(style, kv_heads, attention)
     np.testing.assert_array_equal(got["tokens"][i], jnp.argmax(ref, -1))
 
 
+def _run(model, prompt, policy, n):
+  """Greedy prefill + decode steps: (logits [B, n, V], attended sets per step, reuse counts)."""
+  logits, cache = decode.prefill(model, prompt, policy, n)
+  out, attended = [logits], []
+  for _ in range(n - 1):
+    logits, cache, pos = _decode_step(model, cache, jnp.argmax(logits, -1).astype(jnp.int32))
+    out.append(logits)
+    attended.append(pos)
+  return jnp.stack(out, 1), attended, np.asarray(cache.layers[0].reused)
+
+
 def test_tokenselect_through_the_sparse_decode_kernel_matches_the_masked_softmax():
   model = _model("llama", num_kv_heads=2, attention_options={"scale": 8.0})
   prompt = _prompt(2, 9, seed=6)
-  xla = Policy("tokenselect", budget=6, sinks=1, recent=2, impl="xla", threshold=1.0)
-  pallas = Policy("tokenselect", budget=6, sinks=1, recent=2, impl="pallas", threshold=1.0)
-  a = decode.generate(model, prompt, 5, xla, return_trace=True)
-  b = decode.generate(model, prompt, 5, pallas, return_trace=True)
-  np.testing.assert_allclose(b["logits"], a["logits"], atol=2e-5, rtol=2e-5)
-  for pa, pb in zip(a["attended"], b["attended"]):
+  # At this threshold both rows mix fresh and reused selections.
+  kw = dict(budget=6, sinks=1, recent=2, threshold=0.2)
+  a, att_a, reused_a = _run(model, prompt, Policy("tokenselect", impl="xla", **kw), 5)
+  b, att_b, reused_b = _run(model, prompt, Policy("tokenselect", impl="pallas", **kw), 5)
+  np.testing.assert_allclose(b, a, atol=2e-5, rtol=2e-5)
+  np.testing.assert_array_equal(reused_b, reused_a)
+  assert reused_a.min() > 0 and reused_a.max() < 3
+  for pa, pb in zip(att_a, att_b):
     for la, lb in zip(pa, pb):
       np.testing.assert_array_equal(np.sort(la, -1), np.sort(lb, -1))
   full = decode.generate(model, prompt, 5)
-  assert float(jnp.max(jnp.abs(a["logits"] - full["logits"]))) > 1e-3  # tokens were left out
+  assert float(jnp.max(jnp.abs(a - full["logits"]))) > 1e-3  # tokens were left out
 
 
 def test_a_sliding_window_decodes_through_the_sparse_decode_kernel():
@@ -128,9 +146,6 @@ def test_a_sliding_window_decodes_through_the_sparse_decode_kernel():
   prompt = _prompt(1, 6, seed=7)
   a, b = decode.generate(xla, prompt, 5), decode.generate(pallas, prompt, 5)
   np.testing.assert_allclose(b["logits"], a["logits"], atol=2e-5, rtol=2e-5)
-
-
-_decode_step = nnx.jit(decode.decode_step)
 
 
 def _queries(model, seq):

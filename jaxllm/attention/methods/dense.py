@@ -189,4 +189,4 @@ def dense(q, k, v, *, impl="auto", causal=True, scale=None, window=None, sinks=0
                    softcap=softcap)
 
 
-register("dense", dense, impls=("xla", "pallas", "auto"))
+register("dense", dense, impls=("xla", "pallas", "auto"), decode="sparse")
