@@ -222,8 +222,9 @@ def _parse_flags(argv):
 def _terminated(signum, frame):
   del frame
   from jaxllm.train.loop import Interrupted  # pylint: disable=g-import-not-at-top
-  raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} outside training; "
-                    "checkpoints already written are kept; run the same command again to resume")
+  raise Interrupted(signum, f"stopped by {signal.Signals(signum).name} outside the training "
+                    "loop; the checkpoints already written are kept; run the same command again "
+                    "to resume")
 
 
 def main(argv):
@@ -249,8 +250,8 @@ def main(argv):
     print(e, file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
   except KeyboardInterrupt:
-    print("stopped by SIGINT outside training; checkpoints already written are kept; run the "
-          "same command again to resume", file=sys.stderr, flush=True)
+    print("stopped by SIGINT without a checkpoint of the current step; the checkpoints already "
+          "written are kept; run the same command again to resume", file=sys.stderr, flush=True)
     sys.exit(128 + signal.SIGINT)
   except (ValueError, FileNotFoundError, FloatingPointError, CheckpointError,
           workdir_lib.WorkdirBusyError) as e:

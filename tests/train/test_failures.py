@@ -77,8 +77,8 @@ class SignallingTask(LinearRegressionTask):
     return super().batch(step)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM,
-                                    pytest.param(signal.SIGINT, marks=pytest.mark.slow)])
+@pytest.mark.slow  # tests/test_cli_errors.py sends both signals to a child run in the default tier
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_the_current_step_and_resume_is_exact(tmp_path, straight, signum):
   config = tiny_config(steps=8, checkpoint_every=4)
   workdir = str(tmp_path / "sig")
@@ -123,7 +123,7 @@ DAMAGE = {
     "array metadata": (_truncate("state/_METADATA"), "JSONDecodeError"),
     "ocdbt manifest": (_truncate("state/manifest.ocdbt"), "Error"),
 }
-SLOW_DAMAGE = ("meta json", "array metadata", "ocdbt manifest")
+SLOW_DAMAGE = ("meta json", "data_position edited", "array metadata", "ocdbt manifest")
 
 
 @pytest.mark.parametrize("kind", [k if k not in SLOW_DAMAGE else pytest.param(
@@ -149,6 +149,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, stra
   assert Checkpointer(workdir).latest_step() == 8  # step 8 written again
 
 
+@pytest.mark.slow  # the command-line table checks the same refusal leaves the workdir unchanged
 def test_checkpoint_of_another_model_config_is_refused_and_left_alone(tmp_path):
   config = tiny_config(steps=4, checkpoint_every=4)
   workdir = str(tmp_path / "w")
@@ -168,23 +169,29 @@ def test_checkpoint_of_another_model_config_is_refused_and_left_alone(tmp_path):
   assert not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
 
 
-def test_data_state_for_another_step_is_treated_as_corrupt(tmp_path):
+@pytest.mark.parametrize("item,edit,why", [
+    ("data", {"step": 3, "state": {"pos": 8}}, "its data state is for step 3, not 8"),
+    ("meta", {"step": 8, "data_position": 999}, "its metadata says data_position=999, not its own "
+     "step 8"),
+    ("meta", {"step": 9, "data_position": 8}, "its metadata says step=9, not its own step 8"),
+])
+def test_metadata_that_disagrees_with_its_step_is_treated_as_corrupt(tmp_path, item, edit, why):
   state = {"params": {"w": jnp.arange(3.0)}, "step": jnp.array(0, jnp.int32)}
   ckpt = Checkpointer(str(tmp_path))
   for step in (4, 8):
     ckpt.save(step, dict(state, step=jnp.array(step, jnp.int32)),
               {"step": step, "data_position": step}, {"step": step, "state": {"pos": step}})
-  path = os.path.join(ckpt.directory, "8", "data", "metadata")
-  with open(path, "w") as f:
-    json.dump({"step": 3, "state": {"pos": 8}}, f)
+  with open(os.path.join(ckpt.directory, "8", item, "metadata"), "w") as f:
+    json.dump(edit, f)
   ckpt.close()
   abstract = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
   ckpt = Checkpointer(str(tmp_path))
-  step, restored, _, data, aside = ckpt.restore_latest(abstract, with_data=True)
+  step, restored, meta, data, aside = ckpt.restore_latest(abstract, with_data=True)
   ckpt.close()
   assert step == 4 and data == {"pos": 4} and int(restored["step"]) == 4
-  assert [(s, why) for s, why, _ in aside] == [
-      (8, "ValueError: its data state is for step 3, not 8")]
+  assert meta == {"step": 4, "data_position": 4}
+  assert [(s, w) for s, w, _ in aside] == [(8, f"ValueError: {why}")]
+  assert os.listdir(os.path.join(tmp_path, "checkpoints_corrupt"))[0].startswith("8-")
 
 
 # ---------------------------------------------------------------------------------------------
