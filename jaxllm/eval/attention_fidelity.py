@@ -200,8 +200,12 @@ def _mass(q, k, lse_d, exact):
   return jnp.moveaxis(jax.lax.map(head, jnp.arange(h)), 0, 1)
 
 
-def measure(method: str, q, k, v, options: dict | None = None, *, dense=None, repeats: int = 2):
-  """Fidelity and timing of ``method`` on one (q, k, v); ``dense`` = ((o, lse), seconds)."""
+def measure(method: str, q, k, v, options: dict | None = None, *, dense=None, repeats: int = 2,
+            coverage: bool = True):
+  """Fidelity and timing of ``method`` on one (q, k, v); ``dense`` = ((o, lse), seconds).
+
+  ``coverage=False`` skips density and recall (None), which materialise bool [B, H, T, S].
+  """
   ad = adapter(method)
   opts = dict(options or {})
   (o_d, lse_d), t_dense = dense if dense is not None else timed(jax.jit(dense_run), q, k, v,
@@ -209,14 +213,17 @@ def measure(method: str, q, k, v, options: dict | None = None, *, dense=None, re
   sel, t_sel = timed(jax.jit(lambda q, k: ad.select(q, k, **opts)), q, k, repeats=repeats)
   (o, lse), t_run = timed(jax.jit(lambda q, k, v: ad.run(q, k, v, **opts)), q, k, v,
                            repeats=repeats)
-  exact, extra = ad.pairs(sel, q, k, **opts)
-  exact = exact & _causal_mask(q, k)
-  causal_pairs = float(_causal_mask(q, k)[0, 0].sum()) * q.shape[0] * q.shape[2]
+  density = recall = None
+  if coverage:
+    exact, extra = ad.pairs(sel, q, k, **opts)
+    exact = exact & _causal_mask(q, k)
+    causal_pairs = float(_causal_mask(q, k)[0, 0].sum()) * q.shape[0] * q.shape[2]
+    density = (float(exact.sum()) + float(extra.sum())) / causal_pairs
+    recall = float(_mass(q, k, lse_d, exact).mean())
   o32, od32 = o.astype(jnp.float32), o_d.astype(jnp.float32)
   finite = jnp.isfinite(lse_d)
   return {
-      "density": (float(exact.sum()) + float(extra.sum())) / causal_pairs,
-      "recall": float(_mass(q, k, lse_d, exact).mean()),
+      "density": density, "recall": recall,
       "out_rel_err": float(jnp.linalg.norm(o32 - od32) / jnp.linalg.norm(od32)),
       "lse_err": float(jnp.where(finite, jnp.abs(lse - lse_d), 0.0).sum() / finite.sum()),
       "select_s": t_sel, "run_s": t_run, "dense_s": t_dense,

@@ -6,7 +6,8 @@
 On planted q/k/v (``jaxllm.eval.planted``, one pattern per KV head, B = 1) each method runs at its
 published defaults (override with --options, JSON per method). Per method and length: wall-time
 ratio to dense (whole method, selection included, median of --repeats after a warm-up), density
-and recall (``jaxllm.eval.attention_fidelity.measure``). Dense is exact causal attention by the
+and recall (``jaxllm.eval.attention_fidelity.measure``; above --coverage_max_len only times and
+errors, since density and recall hold bool [H, T, T] masks). Dense is exact causal attention by the
 block-sparse gather path over the full causal table (flash-style, no T x T logits), the XLA path
 the sparse methods compete with at long T. Table methods of ``jaxllm.attention.sparse`` are
 measured too when named in --methods. Timings from a shared machine: read the ratios, which are
@@ -35,6 +36,8 @@ def _args():
   p.add_argument("--kv_heads", type=int, default=5)
   p.add_argument("--head_dim", type=int, default=64)
   p.add_argument("--repeats", type=int, default=1)
+  p.add_argument("--coverage_max_len", type=int, default=16384,
+                 help="longest T with density and recall (they hold bool [H, T, T] masks)")
   p.add_argument("--out", default="runs/bench_sparse_prefill.json")
   a = p.parse_args()
   try:
@@ -43,6 +46,12 @@ def _args():
   except ValueError as e:
     p.exit(2, f"error: --lengths must be ints and --options JSON: {e}\n")
   methods = [m for m in a.methods.split(",") if m]
+  if a.methods == METHODS:  # every table method the sparse package offers joins the default
+    try:
+      from jaxllm.attention import sparse  # pylint: disable=g-import-not-at-top
+      methods += [m for m in getattr(sparse, "METHODS", ()) if m not in methods]
+    except ImportError:
+      pass
   try:
     for m in methods:
       fid.adapter(m)
@@ -62,9 +71,11 @@ def main():
     q, k, v, _ = planted.planted_qkv(0, length=t, kv_heads=a.kv_heads, head_dim=a.head_dim)
     dense = fid.timed(jax.jit(fid.dense_run), q, k, v, repeats=a.repeats)
     for m in methods:
-      r = fid.measure(m, q, k, v, options.get(m), dense=dense, repeats=a.repeats)
+      r = fid.measure(m, q, k, v, options.get(m), dense=dense, repeats=a.repeats,
+                      coverage=t <= a.coverage_max_len)
       rows.append({"length": t, "method": m, "options": options.get(m, {}), **r})
-      print(f"{t:6d} {m:14s} {r['time_ratio']:10.3f} {r['density']:8.3f} {r['recall']:7.3f} "
+      cov = "" if r["density"] is None else f"{r['density']:8.3f} {r['recall']:7.3f}"
+      print(f"{t:6d} {m:14s} {r['time_ratio']:10.3f} {cov or '       -       -':16s} "
             f"{r['out_rel_err']:8.3f} {r['selection_share']:9.3f}", flush=True)
       write_json(a.out, {"benchmark": "sparse_prefill_cpu", "kv_heads": a.kv_heads,
                          "head_dim": a.head_dim, "rows": rows})

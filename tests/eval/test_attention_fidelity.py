@@ -48,6 +48,7 @@ def test_planted_patterns_hold_their_mass():
     planted.planted_qkv(0, length=8, patterns=("spiral",))
 
 
+@pytest.mark.slow
 def test_dense_is_exact(qkv):
   row = fid.measure("dense", *qkv, repeats=1)
   assert row["density"] == 1.0 and abs(row["recall"] - 1.0) < 1e-5

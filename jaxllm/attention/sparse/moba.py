@@ -10,8 +10,10 @@ gate, past blocks ranked, future blocks -inf). Defaults follow the public 8k con
 
 The selection is per query token, not per query block, so it is not a :class:`BlockTable` with
 block_q > 1: :func:`gate` returns the chosen key blocks as int32 [B, H, T, topk] indices with a
-validity mask. :func:`attention` gathers, per tile of queries, the selected key blocks of every
-query and runs one softmax over them, so the work is T x topk x chunk_size pairs. Heads: each
+validity mask. :func:`attention` walks the key blocks with an online softmax, each block against
+the queries at or after it, masked by their gates (a gather of every query's own blocks moves
+T x topk x chunk_size x D values per head and was several times slower than dense on CPU; the
+walk costs the causal triangle in large matmuls, like dense, plus the gate). Heads: each
 query head gates with the mean keys of its own KV head (GQA), so members of a group may select
 different blocks.
 """
@@ -26,11 +28,10 @@ from jaxllm.attention import masks as vis
 
 CHUNK_SIZE = 512  # public configuration at 8k (2048 at 32k, 4096 at 1M)
 TOPK = 3
-TILE = 64  # queries per gather step; bounds memory at tile x topk x chunk_size x D per head
 
 
-def check_options(chunk_size, topk, tile=TILE) -> None:
-  for name, value in (("chunk_size", chunk_size), ("topk", topk), ("tile", tile)):
+def check_options(chunk_size, topk) -> None:
+  for name, value in (("chunk_size", chunk_size), ("topk", topk)):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
       raise ValueError(f"moba attention: {name} must be a positive int, got {value!r}")
 
@@ -72,63 +73,60 @@ def gate(q, k, *, chunk_size=CHUNK_SIZE, topk=TOPK):
   return idx.astype(jnp.int32), top > -jnp.inf
 
 
-def _tiles(x, tile):
-  """[B, T, ...] -> [nt, B, tile, ...] zero-padded."""
-  t = x.shape[1]
-  nt = -(-t // tile)
-  x = jnp.pad(x, [(0, 0), (0, nt * tile - t)] + [(0, 0)] * (x.ndim - 2))
-  return jnp.moveaxis(x.reshape((x.shape[0], nt, tile) + x.shape[2:]), 1, 0)
-
-
-@functools.partial(jax.jit, static_argnames=("chunk_size", "topk", "scale", "tile"))
-def attention(q, k, v, *, chunk_size=CHUNK_SIZE, topk=TOPK, scale=None, tile=TILE):
+@functools.partial(jax.jit, static_argnames=("chunk_size", "topk", "scale"))
+def attention(q, k, v, *, chunk_size=CHUNK_SIZE, topk=TOPK, scale=None):
   """MoBA attention (causal; queries are the last T of S keys).
+
+  Walks the key blocks: block i meets only the queries at or after its start (a static slice),
+  every query's logits against it are masked by that query's gate, and an online softmax merges
+  the blocks. Work is the causal block triangle in large matmuls, with no per-query gather.
 
   Returns:
     (o [B, T, H, D] in q's dtype, lse float32 [B, H, T]).
   """
-  check_options(chunk_size, topk, tile)
+  check_options(chunk_size, topk)
   b, t, h, d = q.shape
   s, hkv = k.shape[1], k.shape[2]
+  g = h // hkv
   scale = 1.0 / math.sqrt(d) if scale is None else scale
   idx, ok = gate(q, k, chunk_size=chunk_size, topk=topk)
-  idx = jax.lax.stop_gradient(idx)
   nk = -(-s // chunk_size)
-  pad = ((0, 0), (0, nk * chunk_size - s), (0, 0), (0, 0))
-  # [B * Hkv * nk, chunk, D]: one row per key block of every KV head.
-  to_rows = lambda x: jnp.pad(x, pad).reshape(b, nk, chunk_size, hkv, d).transpose(
-      0, 3, 1, 2, 4).reshape(b * hkv * nk, chunk_size, d)
-  k_rows, v_rows = to_rows(k), to_rows(v)
-  base = (jnp.arange(b)[:, None] * hkv + jnp.arange(h)[None, :] // (h // hkv)) * nk  # [B, H]
+  chosen = jnp.any((jax.lax.stop_gradient(idx)[..., None] == jnp.arange(nk)) & ok[..., None],
+                   axis=-2).reshape(b, hkv, g, t, nk)
+  q_g = q.reshape(b, t, hkv, g, d)
   q_pos = jnp.arange(t) + s - t
 
   @jax.checkpoint
-  def one_tile(xs):
-    q_t, idx_t, ok_t, pos_t = xs  # [B, tile, H, D], [B, tile, H, K] x2, [tile]
-    rows = base[:, None, :, None] + idx_t
-    k_sel = jnp.take(k_rows, rows, axis=0)  # [B, tile, H, K, chunk, D]
-    v_sel = jnp.take(v_rows, rows, axis=0)
-    logits = jnp.einsum("bthd,bthjcd->bthjc", q_t, k_sel,
-                        preferred_element_type=jnp.float32) * scale
-    k_pos = idx_t[..., None] * chunk_size + jnp.arange(chunk_size)
-    see = ok_t[..., None] & (k_pos < s) & (k_pos <= pos_t[None, :, None, None, None])
-    logits = jnp.where(see, logits, -jnp.inf)
-    m = jax.lax.stop_gradient(jnp.max(logits, axis=(-2, -1), keepdims=True))
-    m = jnp.where(jnp.isfinite(m), m, 0.0)
-    p = jnp.exp(logits - m)
-    denom = jnp.sum(p, axis=(-2, -1))
-    safe = jnp.where(denom > 0, denom, 1.0)  # padding rows of the last tile see nothing
-    o = jnp.einsum("bthjc,bthjcd->bthd", p.astype(v.dtype), v_sel,
-                   preferred_element_type=jnp.float32) / safe[..., None]
-    return o, jnp.where(denom > 0, m[..., 0, 0] + jnp.log(safe), -jnp.inf)
+  def step(carry, q_i, k_i, v_i, see):
+    acc, m, l = carry  # [B, Hkv, G, rows, D], [B, Hkv, G, rows] x2
+    logits = jnp.einsum("btkgd,bckd->bkgtc", q_i, k_i, preferred_element_type=jnp.float32)
+    logits = jnp.where(see, logits * scale, -jnp.inf)
+    m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(logits, axis=-1)))
+    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+    alpha = jnp.exp(m - m_safe)
+    p = jnp.exp(logits - m_safe[..., None])
+    acc = alpha[..., None] * acc + jnp.einsum("bkgtc,bckd->bkgtd", p.astype(v_i.dtype), v_i,
+                                              preferred_element_type=jnp.float32)
+    return acc, m_new, alpha * l + jnp.sum(p, axis=-1)
 
-  tiles = (_tiles(q, tile), _tiles(jnp.swapaxes(idx, 1, 2), tile),
-           _tiles(jnp.swapaxes(ok, 1, 2), tile),
-           jnp.pad(q_pos, (0, -(-t // tile) * tile - t)).reshape(-1, tile))
-  o, lse = jax.lax.map(one_tile, tiles)  # [nt, B, tile, H, D], [nt, B, tile, H]
-  o = jnp.moveaxis(o, 0, 1).reshape(b, -1, h, d)[:, :t]
-  lse = jnp.moveaxis(lse, 0, 1).reshape(b, -1, h)[:, :t]
-  return o.astype(q.dtype), jnp.swapaxes(lse, 1, 2)
+  acc = jnp.zeros((b, hkv, g, t, d), jnp.float32)
+  m = jnp.full((b, hkv, g, t), -jnp.inf)
+  l = jnp.zeros((b, hkv, g, t), jnp.float32)
+  for i in range(nk):
+    lo, hi = i * chunk_size, min((i + 1) * chunk_size, s)
+    r0 = max(lo - (s - t), 0)  # earlier queries cannot see block i
+    if r0 >= t:
+      continue
+    k_pos = jnp.arange(lo, hi)
+    see = chosen[:, :, :, r0:, i, None] & (k_pos <= q_pos[r0:, None])
+    part = step((acc[..., r0:, :], m[..., r0:], l[..., r0:]), q_g[:, r0:], k[:, lo:hi],
+                v[:, lo:hi], see)
+    acc, m, l = (x.at[..., r0:, :].set(y) if x.ndim == 5 else x.at[..., r0:].set(y)
+                 for x, y in zip((acc, m, l), part))
+  has = l > 0
+  safe = jnp.where(has, l, 1.0)
+  o = jnp.moveaxis((acc / safe[..., None]).reshape(b, h, t, d), 1, 2)
+  return o.astype(q.dtype), jnp.where(has, m + jnp.log(safe), -jnp.inf).reshape(b, h, t)
 
 
 def reference(q, k, v, *, chunk_size=CHUNK_SIZE, topk=TOPK, scale=None):
