@@ -2,7 +2,8 @@
 
   python -m jaxllm.generate --checkpoint=DIR --prompt="Once upon a time" [--max_new_tokens=32]
       [--policy=full|streaming|h2o|tokenselect --budget=N --sinks=4 --recent=N]
-      [--attention=dense --attention_impl=auto] [--temperature=0 --seed=0] [--dtype=float32]
+      [--attention=dense --attention_impl=auto] [--temperature=0 --top_p=1 --seed=0]
+      [--dtype=float32]
 
 ``DIR`` is a directory written by ``python -m jaxllm.interop.convert`` or a Hugging Face checkpoint
 directory (``config.json`` + safetensors); its ``tokenizer.json`` (Hugging Face ``tokenizers``)
@@ -40,6 +41,9 @@ def _parser():
   p.add_argument("--attention", default=None, help="attention method (default: the checkpoint's)")
   p.add_argument("--attention_impl", default=None, help="attention implementation, e.g. xla")
   p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+  p.add_argument("--top_p", type=float, default=1.0,
+                 help="nucleus sampling: keep the most likely tokens up to this mass (with "
+                 "--temperature > 0)")
   p.add_argument("--seed", type=int, default=0, help="sampling seed")
   p.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: the stored one)")
   p.add_argument("--ids", action="store_true", help="also print the generated token ids")
@@ -78,7 +82,8 @@ def run(args) -> tuple[str, list[int]]:
     raise ValueError("--prompt encodes to no tokens")
   policy = Policy(args.policy, budget=args.budget, sinks=args.sinks, recent=args.recent)
   out = decode.generate(model, np.asarray([ids], np.int32), args.max_new_tokens, policy,
-                        temperature=args.temperature, rng=jax.random.key(args.seed))
+                        temperature=args.temperature, top_p=args.top_p,
+                        rng=jax.random.key(args.seed))
   new = [int(t) for t in np.asarray(out["tokens"])[0]]
   stop = next((i for i, t in enumerate(new) if t in eos), None)
   new = new if stop is None else new[:stop + 1]

@@ -60,7 +60,7 @@ def save(model: Transformer, workdir: str, *, step: int = 0, extra: dict | None 
   ckpt = Checkpointer(workdir)
   try:
     ckpt.save(step, {"params": params, "step": jnp.asarray(step, jnp.int32)},
-              meta={"data_position": step, "model": info["model"]})
+              meta={"step": step, "data_position": step, "model": info["model"]})
   finally:
     ckpt.close()
   if tokenizer is not None:
@@ -98,10 +98,10 @@ def load(workdir: str, *, dtype: str | None = None, **overrides) -> Transformer:
   target = {"params": params.to_pure_dict(), "step": jax.ShapeDtypeStruct((), jnp.int32)}
   ckpt = Checkpointer(workdir)
   try:
-    step = ckpt.latest_step()
-    if step is None:
+    restored = ckpt.restore_latest(target)
+    if restored is None:
       raise ValueError(f"{workdir} has {MODEL_FILE} but no checkpoint step under checkpoints/")
-    state, _ = ckpt.restore(step, target)
+    _, state, _, _, _ = restored
   finally:
     ckpt.close()
   return _build(cfg, state["params"], overrides)

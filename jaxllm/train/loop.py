@@ -175,10 +175,38 @@ def train(config, workdir: str, task, *, total_steps: int | None = None,
     return _train(config, workdir, task, total, ckpt_every, log_every, with_data, progress)
 
 
+def initial_params(params: dict, init_from: str) -> dict:
+  """``params`` replaced by those of a converted checkpoint (``python -m jaxllm.interop.convert``).
+
+  Fine-tuning an imported model: every parameter must exist there with the same shape; the
+  stored dtype is cast to the model's.
+  """
+  from jaxllm.interop import checkpoint as converted  # pylint: disable=g-import-not-at-top
+  loaded = nnx.state(converted.load(init_from), nnx.Param).to_pure_dict()
+  flat_new = dict(jax.tree_util.tree_flatten_with_path(loaded)[0])
+  out = []
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  for path, x in leaves:
+    name = jax.tree_util.keystr(path)
+    if path not in flat_new:
+      raise ValueError(f"train.init_from={init_from}: no parameter {name} there")
+    y = flat_new[path]
+    if y.shape != x.shape:
+      raise ValueError(f"train.init_from={init_from}: parameter {name} has shape {y.shape}, the "
+                       f"model's is {x.shape}")
+    out.append(jnp.asarray(y, x.dtype))
+  if len(flat_new) != len(leaves):
+    raise ValueError(f"train.init_from={init_from}: it holds {len(flat_new)} parameters, the "
+                     f"model {len(leaves)}")
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
 def _train(config, workdir, task, total, ckpt_every, log_every, with_data, progress):
   model = task.init_model(nnx.Rngs(config.seed))
   graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)
   params = params_state.to_pure_dict()
+  if config.train.get("init_from"):  # a run resuming from its own checkpoint overrides this below
+    params = initial_params(params, config.train.init_from)
   opt = make_optimizer(config.optimizer, total)
   gradient_free = config.optimizer.name in getattr(optim, "GRADIENT_FREE", frozenset())
 
