@@ -1,9 +1,6 @@
 """Recall vs density per method, one panel per input, from attention_fidelity's results.json."""
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 
