@@ -17,7 +17,7 @@ from experiments.icl.linear_regression import LinearRegressionTask
 from jaxllm import main as launcher
 from jaxllm.train import loop
 from jaxllm.train import workdir as workdir_lib
-from jaxllm.train.checkpoint import Checkpointer, CheckpointError, ConfigMismatchError
+from jaxllm.train.checkpoint import Checkpointer, ConfigMismatchError
 from jaxllm.train.metrics import read_metrics
 from tests.train.test_loop import losses, tiny_config
 
