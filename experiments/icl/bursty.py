@@ -19,8 +19,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxllm.data import bursty as bursty_data
-from jaxllm.models.bursty import BurstyClassifier
+from jaxllm.data import cluster_sequences
+from jaxllm.icl.attention_classifier import AttentionOnlyClassifier
 from jaxllm.results import write_results
 
 RUN_FIELDS = ("name", "burstiness", "num_classes", "alpha", "p_bursty")
@@ -56,23 +56,23 @@ def _settings(config, run_cfg):
 def train_run(config, settings, key):
   """Trains one network; returns its curves and final accuracies."""
   k_task, k_init, k_data, k_eval = jax.random.split(key, 4)
-  task = bursty_data.make_task(k_task, settings["num_classes"], config.num_labels, config.dim,
-                               settings["alpha"])
+  task = cluster_sequences.make_task(k_task, settings["num_classes"], config.num_labels, config.dim,
+                                     settings["alpha"])
   shape = dict(num_examples=config.num_examples, eps=config.eps, pos_dim=config.pos_dim)
-  sample = functools.partial(bursty_data.sample_train, task=task, batch_size=config.batch_size,
+  sample = functools.partial(cluster_sequences.sample_train, task=task, batch_size=config.batch_size,
                              burstiness=settings["burstiness"], p_bursty=settings["p_bursty"],
                              **shape)
   k_icl, k_flip, k_iwl = jax.random.split(k_eval, 3)
   tests = {
-      "icl": bursty_data.sample_icl(k_icl, task, config.eval_size,
-                                    burstiness=config.icl_test_burstiness, **shape),
-      "icl_flipped": bursty_data.sample_icl(k_flip, task, config.eval_size,
-                                            burstiness=config.icl_test_burstiness, novel=False,
-                                            **shape),
-      "iwl": bursty_data.sample_iwl(k_iwl, task, config.eval_size, **shape),
+      "icl": cluster_sequences.sample_icl(k_icl, task, config.eval_size,
+                                          burstiness=config.icl_test_burstiness, **shape),
+      "icl_flipped": cluster_sequences.sample_icl(k_flip, task, config.eval_size,
+                                                  burstiness=config.icl_test_burstiness,
+                                                  novel=False, **shape),
+      "iwl": cluster_sequences.sample_iwl(k_iwl, task, config.eval_size, **shape),
   }
 
-  model = BurstyClassifier(config.dim + config.pos_dim, config.num_labels, config.hidden,
+  model = AttentionOnlyClassifier(config.dim + config.pos_dim, config.num_labels, config.hidden,
                            rngs=nnx.Rngs(params=k_init))
   tx = (optax.sgd(config.learning_rate) if config.optimizer == "sgd"
         else optax.adam(config.learning_rate))

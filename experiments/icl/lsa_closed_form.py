@@ -18,7 +18,7 @@ from flax import nnx
 from jaxllm.icl import closed_forms
 from jaxllm.icl.linear_tasks import sample_linear_prompts
 from jaxllm.icl.training import train_regression
-from jaxllm.models.lsa import ZFBLinearSelfAttention, regression_tokens
+from jaxllm.icl.linear_self_attention import ZFBLinearSelfAttention, regression_tokens
 from jaxllm.results import write_results
 
 

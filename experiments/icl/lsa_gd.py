@@ -17,7 +17,7 @@ from flax import nnx
 from jaxllm.icl import baselines, gd
 from jaxllm.icl.linear_tasks import INPUT_DISTRIBUTIONS, sample_linear_prompts
 from jaxllm.icl.training import train_regression
-from jaxllm.models.lsa import LSAStack, regression_tokens
+from jaxllm.icl.linear_self_attention import LSAStack, regression_tokens
 from jaxllm.results import write_results
 
 
@@ -64,7 +64,7 @@ def run(config, workdir):
   xs = np.concatenate([np.asarray(x), np.asarray(xq)[:, None]], axis=1)
   ys = np.concatenate([np.asarray(y), np.asarray(yq)[:, None]], axis=1)
   ols_pred = jnp.asarray(baselines.least_squares(xs, ys)[:, -1], jnp.float32)
-  w_ols = jnp.einsum("bkd,bk->bd", jnp.linalg.pinv(x), y)
+  w_ols = jnp.asarray(baselines.least_squares_weights(x, y), jnp.float32)
 
   gd_rows = {"num_steps": [], "rate": [], "loss": []}
   for steps in sorted(set(config.num_layers) | set(config.gd_steps_reported) | {1}):

@@ -34,16 +34,6 @@ def predictions(xs, w_BKD):
   return np.einsum("bkd,bkd->bk", np.asarray(xs, np.float64), w_BKD)
 
 
-def ridge_weights(x_BND, y_BN, lam: float):
-  """w = (X^T X + lam I)^-1 X^T y: the posterior mean for w ~ N(0, I) and noise variance lam."""
-  if not lam > 0:
-    raise ValueError(f"ridge lam must be positive, got {lam}")
-  x = np.asarray(x_BND, np.float64)
-  gram_BDD = np.einsum("bnd,bne->bde", x, x) + lam * np.eye(x.shape[-1])
-  xty_BD = np.einsum("bnd,bn->bd", x, np.asarray(y_BN, np.float64))
-  return np.linalg.solve(gram_BDD, xty_BD[..., None])[..., 0]
-
-
 def _prefix_moments(xs, ys):
   """C_k = (1/k) sum_{i<k} x_i x_i^T [B, K, d, d] and b_k = (1/k) sum_{i<k} y_i x_i [B, K, d]."""
   xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)

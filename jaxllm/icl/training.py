@@ -9,7 +9,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxllm.models.lsa import regression_tokens
+from jaxllm.icl.linear_self_attention import regression_tokens
 
 
 def regression_loss(model, x_BND, y_BN, xq_BD, yq_B):
