@@ -1,13 +1,14 @@
 """The in-context linear-regression prompt task (Garg et al. 2022) that the regression studies
 share: the training task with its curriculum over d and k, the loss and predictions read at the x
 positions of interleaved prompts, hidden states for probes, and ill-conditioned inputs (Fu et al.
-2023)."""
+2023); and the query-last prompts of the linear self-attention studies."""
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxllm.data import icl_regression as data
+from jaxllm.icl.linear_self_attention import regression_tokens
 from jaxllm.models.transformer import build
 
 
@@ -100,3 +101,46 @@ def conditioned_inputs(rng, xs, condition_number: float, active_dims=None):
   out = xs.copy()
   out[..., :a] = np.einsum("bna,bca->bnc", xs[..., :a], root_BAA)
   return out.astype(np.float32)
+
+
+def query_loss(model, x_BND, y_BN, xq_BD, yq_B):
+  """0.5 * mean squared error of the query prediction (the von Oswald / ZFB convention) of a model
+  reading tokens (x_i, y_i) and (x_q, 0)."""
+  pred_B = model(regression_tokens(x_BND, y_BN, xq_BD))
+  return 0.5 * jnp.mean(jnp.square(pred_B - yq_B))
+
+
+class QueryRegressionTask:
+  """Prompts of N context pairs and one query for the linear self-attention studies: tokens
+  e_i = (x_i, y_i) and (x_q, 0), loss ``query_loss``; ``task.n_points`` = N + 1. Batches are a pure
+  function of (seed, step).
+
+  Args:
+    config: reads ``task.n_dims``, ``task.n_points``, ``task.input_dist`` (Gaussian when absent),
+      ``train.batch_size`` and ``seed``.
+    make_model: rngs -> the model to train.
+    input_cov_sqrt: square root of the Gaussian input covariance (identity when None).
+  """
+
+  def __init__(self, config, make_model, *, input_cov_sqrt=None):
+    c = config.task
+    self.n_dims, self.n_points = int(c.n_dims), int(c.n_points)
+    if self.n_points < 2:
+      raise ValueError(f"task.n_points must be >= 2 (a context pair and the query), got "
+                       f"{self.n_points}")
+    self.input_dist = c.get("input_dist", "gaussian")
+    self.input_cov_sqrt = input_cov_sqrt
+    self.batch_size, self.seed = int(config.train.batch_size), int(config.seed)
+    self.make_model = make_model
+
+  def init_model(self, rngs):
+    return self.make_model(rngs)
+
+  def batch(self, step: int):
+    xs, ys, _ = data.sample_prompts(np.random.default_rng([self.seed, step]), self.batch_size,
+                                    self.n_points, self.n_dims, input_dist=self.input_dist,
+                                    input_cov_sqrt=self.input_cov_sqrt)
+    return dict(zip(("x", "y", "xq", "yq"), data.split_query(xs, ys)))
+
+  def loss(self, model, batch):
+    return query_loss(model, batch["x"], batch["y"], batch["xq"], batch["yq"]), {}
