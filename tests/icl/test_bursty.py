@@ -111,8 +111,8 @@ def test_config_validation():
   with pytest.raises(ValueError, match="smoke"):
     config_lib.get_config("big")
   config = config_lib.get_config("smoke")
-  config.optimizer = "lion"
-  with pytest.raises(ValueError, match="optimizer"):
+  config.optimizer.name = "lamb_v9"
+  with pytest.raises(ValueError, match="optimizer.name"):
     bursty.run(config, "/nonexistent")
 
 
