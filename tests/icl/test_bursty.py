@@ -138,7 +138,8 @@ def test_more_classes_favour_icl_over_iwl(tmp_path):
   config.runs = tuple(r for r in config.runs if r["name"] in ("B4_K128", "B4_K4096"))
   runs = bursty.run(config, str(tmp_path))["runs"]
   few, many = runs["B4_K128"], runs["B4_K4096"]
-  # Measured (seed 0): ICL 0.40 vs 0.84, IWL 0.35 vs 0.05.
+  # Measured (seed 0) with the study's former loop at 1600 steps: ICL 0.40 vs 0.84, IWL 0.35 vs
+  # 0.05; the shared trainer at 2400 steps passes the same bounds.
   assert many["final_icl"] > few["final_icl"] + 0.2
   assert few["final_iwl"] > many["final_iwl"] + 0.15
   # With 128 classes the network memorises: IWL far above the 1/L chance of an unused context.
