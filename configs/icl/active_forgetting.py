@@ -12,13 +12,14 @@ Figure:
 
 import ml_collections
 
+from configs.icl import common
+
 ARGS = (None, "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   """Returns the config; ``arg`` is None (paper-like scale) or "smoke"."""
-  if arg not in ARGS:
-    raise ValueError(f"configs/icl/active_forgetting.py: unknown arg {arg!r}; allowed: {list(ARGS)}")
+  common.check_arg("configs/icl/active_forgetting.py", arg, ARGS)
   c = ml_collections.ConfigDict()
   c.experiment = "icl.active_forgetting"
   c.seed = 0
@@ -32,15 +33,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.task = ml_collections.ConfigDict(dict(
       num_labels=16, num_seen=2048, num_unseen=512, alpha=1.0, num_examples=8, burstiness=2,
       p_bursty=0.75, p_relabel=1.0, embed_std=1.0, forget_rows="items"))
-  c.model = ml_collections.ConfigDict(dict(
-      style="llama", d_model=128, num_layers=4, num_heads=4, max_len=32, tie_embeddings=False,
-      attention="dense", attention_impl="auto", dtype="float32"))
+  c.model = common.backbone(style="llama", d_model=128, num_layers=4, num_heads=4, max_len=32,
+                            tie_embeddings=False)
   # Adam without weight decay: rows of unseen items get zero gradient and stay at their init.
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adam", learning_rate=3e-4, schedule="constant", warmup_steps=0, grad_clip=1.0,
-      hparams={}))
-  c.train = ml_collections.ConfigDict(dict(
-      steps=60_000, batch_size=128, log_every=500, checkpoint_every=5000))
+  c.optimizer = common.optimizer("adam", 3e-4, grad_clip=1.0)
+  c.train = common.train(steps=60_000, batch_size=128, checkpoint_every=5000)
   c.eval = ml_collections.ConfigDict(dict(eval_every=2000, eval_size=2000))
   # Regimes: forget_every = k (0: never), forget_until = last update that may reset (None: all).
   c.runs = (dict(name="vanilla", forget_every=0),

@@ -13,12 +13,13 @@ Figure:
 
 import ml_collections
 
+from configs.icl import common
+
 ARGS = (None, "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in ARGS:
-    raise ValueError(f"configs/icl/bayesian_prism.py: unknown arg {arg!r}; allowed: {list(ARGS)}")
+  common.check_arg("configs/icl/bayesian_prism.py", arg, ARGS)
   c = ml_collections.ConfigDict()
   c.experiment = "icl.bayesian_prism"
   c.seed = 0
@@ -27,24 +28,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_monomials=20, rank=1, lowrank_dims=16,
       train_priors=("dense", "sparse", "sign", "dense+sparse", "dense+sign", "fourier",
                     "monomial", "lowrank")))
-  c.task.curriculum = ml_collections.ConfigDict(dict(
-      dims_start=5, dims_inc=1, points_start=11, points_inc=2, interval=2000))
-  c.model = ml_collections.ConfigDict(dict(
-      style="gpt2", d_model=256, num_layers=12, num_heads=8, num_kv_heads=None, max_len=128,
-      attention="dense", attention_impl="auto", attention_options={}, dtype="float32"))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adam", learning_rate=1e-4, schedule="constant", warmup_steps=0, grad_clip=None,
-      hparams={}))
-  c.train = ml_collections.ConfigDict(dict(
-      steps=500_000, batch_size=64, log_every=500, checkpoint_every=10_000))
+  c.task.curriculum = common.curriculum()
+  c.model = common.backbone()
+  c.optimizer = common.optimizer()
+  c.train = common.train()
   c.eval = ml_collections.ConfigDict(dict(num_prompts=1280))
   if arg == "smoke":
     c.task.update(n_dims=5, n_points=16, sparsity=1, max_freq=3)
     c.task.train_priors = ("dense+sparse", "fourier")
-    c.task.curriculum = ml_collections.ConfigDict(dict(
-        dims_start=2, dims_inc=1, points_start=6, points_inc=2, interval=300))
-    c.model.update(d_model=64, num_layers=3, num_heads=2, max_len=64)
-    c.optimizer.update(learning_rate=1e-3, schedule="cosine", warmup_steps=200, grad_clip=1.0)
-    c.train.update(steps=4000, batch_size=64, log_every=100, checkpoint_every=1000)
+    c.task.curriculum = common.curriculum(dims_start=2, points_start=6, interval=300)
+    common.shrink_to_smoke(c, steps=4000)
     c.eval.num_prompts = 512
   return c

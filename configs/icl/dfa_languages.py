@@ -13,12 +13,13 @@ Figure:
 
 import ml_collections
 
+from configs.icl import common
+
 ARGS = (None, "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in ARGS:
-    raise ValueError(f"configs/icl/dfa_languages.py: unknown arg {arg!r}; allowed: {list(ARGS)}")
+  common.check_arg("configs/icl/dfa_languages.py", arg, ARGS)
   c = ml_collections.ConfigDict()
   c.experiment = "icl.dfa_languages"
   c.seed = 0
@@ -27,14 +28,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       min_strings=10, max_strings=19, min_len=1, max_len=49, num_train_dfas=5000,
       prompt_tokens=0))  # > 0: pack strings into prompts of exactly this many tokens
   c.methods = ("dense", "linear", "lightning", "retention")
-  c.model = ml_collections.ConfigDict(dict(
-      style="gpt2", d_model=256, num_layers=8, num_heads=4, num_kv_heads=None, max_len=1024,
-      attention="dense", attention_impl="auto", attention_options={}, dtype="float32"))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adamw", learning_rate=2.5e-4, schedule="cosine", warmup_steps=1000, grad_clip=1.0,
-      hparams={}))
-  c.train = ml_collections.ConfigDict(dict(
-      steps=100_000, batch_size=32, log_every=500, checkpoint_every=10_000))
+  c.model = common.backbone(num_layers=8, num_heads=4, max_len=1024)
+  c.optimizer = common.optimizer("adamw", 2.5e-4, schedule="cosine", warmup_steps=1000,
+                                 grad_clip=1.0)
+  c.train = common.train(steps=100_000, batch_size=32)
   c.eval = ml_collections.ConfigDict(dict(num_prompts=500, ngram_orders=(1, 2, 3, 4),
                                           skip_strings=1, ngram_smoothing=0.1))
   if arg == "smoke":

@@ -11,30 +11,23 @@ Figure:
 
 import ml_collections
 
+from configs.icl import common
+
 ARGS = (None, "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in ARGS:
-    raise ValueError(f"configs/icl/function_classes.py: unknown arg {arg!r}; allowed: {list(ARGS)}")
+  common.check_arg("configs/icl/function_classes.py", arg, ARGS)
   c = ml_collections.ConfigDict()
   c.experiment = "icl.function_classes"
   c.seed = 0
-
   c.task = ml_collections.ConfigDict(dict(
       families=("sparse_linear", "relu_net", "decision_tree"), n_dims=20, n_points=41,
       sparsity=3, hidden=100, tree_depth=4))
-  c.task.curriculum = ml_collections.ConfigDict(dict(
-      dims_start=5, dims_inc=1, points_start=11, points_inc=2, interval=2000))
-
-  c.model = ml_collections.ConfigDict(dict(
-      style="gpt2", d_model=256, num_layers=12, num_heads=8, num_kv_heads=None, max_len=128,
-      attention="dense", attention_impl="auto", attention_options={}, dtype="float32"))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adam", learning_rate=1e-4, schedule="constant", warmup_steps=0, grad_clip=None,
-      hparams={}))
-  c.train = ml_collections.ConfigDict(dict(
-      steps=500_000, batch_size=64, log_every=500, checkpoint_every=10_000))
+  c.task.curriculum = common.curriculum()
+  c.model = common.backbone()
+  c.optimizer = common.optimizer()
+  c.train = common.train()
   # One fixed Lasso alpha and tree ensemble for every k (not re-tuned per context length).
   c.eval = ml_collections.ConfigDict(dict(
       num_prompts=1280, num_sklearn_prompts=200, lasso_alpha=0.01, gbt_estimators=100, gbt_lr=0.1,
@@ -43,10 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == "smoke":
     # ReLU nets are left to the full config: two families already take the smoke budget.
     c.task.update(families=("sparse_linear", "decision_tree"), n_dims=5, n_points=21)
-    c.task.curriculum = ml_collections.ConfigDict(dict(
-        dims_start=2, dims_inc=1, points_start=6, points_inc=3, interval=150))
-    c.model.update(d_model=64, num_layers=3, num_heads=2, max_len=64)
-    c.optimizer.update(learning_rate=1e-3, schedule="cosine", warmup_steps=200, grad_clip=1.0)
-    c.train.update(steps=2000, batch_size=64, log_every=100, checkpoint_every=2000)
+    c.task.curriculum = common.curriculum(dims_start=2, points_start=6, points_inc=3,
+                                          interval=150)
+    common.shrink_to_smoke(c, steps=2000, checkpoint_every=2000)
     c.eval.update(num_prompts=512, num_sklearn_prompts=48)
   return c

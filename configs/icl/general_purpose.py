@@ -15,12 +15,13 @@ Figure:
 
 import ml_collections
 
+from configs.icl import common
+
 ARGS = (None, "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in ARGS:
-    raise ValueError(f"configs/icl/general_purpose.py: unknown arg {arg!r}; allowed: {list(ARGS)}")
+  common.check_arg("configs/icl/general_purpose.py", arg, ARGS)
   c = ml_collections.ConfigDict()
   c.experiment = "icl.general_purpose"
   c.seed = 0
@@ -33,14 +34,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       num_tasks=tuple(2**k for k in range(0, 25, 2)), proj_dim=64, length=100,
       train_images_per_row=50))
   # Rotary positions make the previous-token step of the copy circuit translation invariant.
-  c.model = ml_collections.ConfigDict(dict(
-      style="llama", d_model=256, num_layers=8, num_heads=8, num_kv_heads=None, max_len=128,
-      attention="dense", attention_impl="auto", attention_options={}, dtype="float32"))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name="adam", learning_rate=3e-4, schedule="cosine", warmup_steps=1000, grad_clip=1.0,
-      hparams={}))
-  c.train = ml_collections.ConfigDict(dict(
-      steps=50_000, batch_size=128, log_every=500, checkpoint_every=5000))
+  c.model = common.backbone(style="llama", num_layers=8)
+  c.optimizer = common.optimizer("adam", 3e-4, schedule="cosine", warmup_steps=1000,
+                                 grad_clip=1.0)
+  c.train = common.train(steps=50_000, batch_size=128, checkpoint_every=5000)
   c.eval = ml_collections.ConfigDict(dict(num_sequences=1024))
   if arg == "smoke":
     c.task.update(num_tasks=(1, 16, 256, 2**16), proj_dim=32, length=30, train_images_per_row=12)

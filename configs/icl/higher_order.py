@@ -11,14 +11,13 @@ Figure:
 
 import ml_collections
 
-from configs.icl import linear_regression
+from configs.icl import common, linear_regression
 
 ARGS = (None, "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in ARGS:
-    raise ValueError(f"configs/icl/higher_order.py: unknown arg {arg!r}; allowed: {list(ARGS)}")
+  common.check_arg("configs/icl/higher_order.py", arg, ARGS)
   # Same task, model and schedule as the linear-regression study at each scale (at smoke scale,
   # 2000 steps leave the model near the averaging regime; its 6000 are needed for the probes).
   c = linear_regression.get_config(arg)

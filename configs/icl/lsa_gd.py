@@ -10,35 +10,29 @@ Figure:
 
 import ml_collections
 
+from configs.icl import common
+
 ARGS = (None, "smoke")
 
 
-def get_config(arg=None):
-  """Returns the config; `arg` is None (paper scale) or "smoke"."""
-  if arg not in ARGS:
-    raise ValueError(f"unknown config arg {arg!r}; allowed: {ARGS}")
-  config = ml_collections.ConfigDict()
-  config.experiment = "icl.lsa_gd"
-  config.seed = 0
-  config.dim = 10
-  config.num_examples = 10
-  config.input_dist = "uniform"
-  config.num_layers = (1, 2, 3)
-  config.gd_steps_reported = (1, 2, 3, 10)
-  config.init_scale = 0.02
-  config.learning_rate = 1e-3
-  config.grad_clip = 10.0
-  config.batch_size = 2048
-  config.num_steps = 5000
-  config.log_every = 100
-  config.eval_prompts = 10000
-  config.rate_search_prompts = 100000
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  """Returns the config; ``arg`` is None (paper scale) or "smoke"."""
+  common.check_arg("configs/icl/lsa_gd.py", arg, ARGS)
+  c = ml_collections.ConfigDict()
+  c.experiment = "icl.lsa_gd"
+  c.seed = 0
+  # N = n_points - 1 = 10 context pairs and the query.
+  c.task = ml_collections.ConfigDict(dict(n_dims=10, n_points=11, input_dist="uniform"))
+  # One LSA stack per depth in num_layers.
+  c.model = ml_collections.ConfigDict(dict(num_layers=(1, 2, 3), init_scale=0.02))
+  c.optimizer = common.optimizer("adam", 1e-3, grad_clip=10.0)
+  c.train = common.train(steps=5000, batch_size=2048, log_every=100, checkpoint_every=0)
+  # gd_steps: the GD step counts tabulated beside those matching each depth.
+  c.eval = ml_collections.ConfigDict(dict(gd_steps=(1, 2, 3, 10), num_prompts=10_000,
+                                          rate_search_prompts=100_000))
   if arg == "smoke":
-    config.num_layers = (1, 2)
-    config.gd_steps_reported = (1, 2)
-    config.learning_rate = 3e-3
-    config.batch_size = 512
-    config.num_steps = 2000
-    config.eval_prompts = 4000
-    config.rate_search_prompts = 20000
-  return config
+    c.model.num_layers = (1, 2)
+    c.optimizer.learning_rate = 3e-3
+    c.train.update(steps=2000, batch_size=512)
+    c.eval.update(gd_steps=(1, 2), num_prompts=4000, rate_search_prompts=20_000)
+  return c

@@ -13,14 +13,13 @@ Figure:
 
 import ml_collections
 
-from configs.icl import linear_regression
+from configs.icl import common, linear_regression
 
 ARGS = (None, "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in ARGS:
-    raise ValueError(f"configs/icl/representations.py: unknown arg {arg!r}; allowed: {list(ARGS)}")
+  common.check_arg("configs/icl/representations.py", arg, ARGS)
   # The foundation study's model, optimiser and k-curriculum; Phi needs all d inputs from the start.
   c = linear_regression.get_config(arg)
   c.experiment = "icl.representations"

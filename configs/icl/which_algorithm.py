@@ -12,14 +12,13 @@ Figure:
 
 import ml_collections
 
-from configs.icl import linear_regression
+from configs.icl import common, linear_regression
 
 ARGS = (None, "smoke")
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  if arg not in ARGS:
-    raise ValueError(f"configs/icl/which_algorithm.py: unknown arg {arg!r}; allowed: {list(ARGS)}")
+  common.check_arg("configs/icl/which_algorithm.py", arg, ARGS)
   # Task, curriculum, optimizer and training loop of the linear-regression study.
   c = linear_regression.get_config(None)
   c.experiment = "icl.which_algorithm"
@@ -41,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.task.curriculum.update(dims_start=2, points_start=5, points_inc=2, interval=200)
     c.model.update(num_heads=2, max_len=32)
     c.grid.update(depths=(1, 3), widths=(64,), noise_variances=(0.0, 0.25))
-    c.optimizer.update(learning_rate=1e-3, schedule="cosine", warmup_steps=200, grad_clip=1.0)
+    c.optimizer.update(**common.SMOKE_OPTIMIZER)
     c.train.update(steps=2000, batch_size=128, log_every=250, checkpoint_every=2000)
     c.eval.update(num_prompts=1000, tune_prompts=1000, ilwd_prompts=64, num_probes=16,
                   gd_steps=(1, 2, 4))

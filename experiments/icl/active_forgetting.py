@@ -2,7 +2,7 @@
 Chen et al. 2023).
 
 One decoder per training regime on token-level bursty classification
-(``jaxllm.data.forgetting_tasks``):
+(``jaxllm.data.token_sequences``):
   * vanilla: plain training;
   * active forgetting: the token-embedding matrix is re-drawn from its initial distribution every
     ``forget_every`` updates for the whole run;
@@ -47,7 +47,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxllm.data import forgetting_tasks as data
+from jaxllm.data import token_sequences as data
 from jaxllm.models import layers
 from jaxllm.models.transformer import build
 from jaxllm.results import write_json, write_results

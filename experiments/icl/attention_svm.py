@@ -21,17 +21,27 @@ QUERIES = ("separate", "first_token")
 
 
 def _validate(config):
-  for field in ("num_samples", "num_tokens", "dim", "num_iterations", "log_every", "num_trials"):
-    value = config[field]
+  t = config.task
+  for name, value in (("task.num_samples", t.num_samples), ("task.num_tokens", t.num_tokens),
+                      ("task.n_dims", t.n_dims), ("train.steps", config.train.steps),
+                      ("train.log_every", config.train.log_every),
+                      ("num_trials", config.num_trials)):
     if int(value) != value or value < 1:
-      raise ValueError(f"config.{field} must be a positive integer, got {value}")
-  if config.num_tokens < 2:
-    raise ValueError(f"config.num_tokens must be at least 2, got {config.num_tokens}")
-  if config.query not in QUERIES:
-    raise ValueError(f"config.query must be one of {QUERIES}, got {config.query!r}")
-  if config.learning_rate <= 0 or config.init_scale < 0:
-    raise ValueError("config.learning_rate must be positive and config.init_scale non-negative, "
-                     f"got {config.learning_rate}, {config.init_scale}")
+      raise ValueError(f"config.{name} must be a positive integer, got {value}")
+  if t.num_tokens < 2:
+    raise ValueError(f"config.task.num_tokens must be at least 2, got {t.num_tokens}")
+  if t.query not in QUERIES:
+    raise ValueError(f"config.task.query must be one of {QUERIES}, got {t.query!r}")
+  if config.optimizer.name != "normalized_gd":
+    raise ValueError(f"config.optimizer.name must be 'normalized_gd' (the paper's rule), got "
+                     f"{config.optimizer.name!r}")
+  if config.optimizer.learning_rate <= 0 or config.model.init_scale < 0:
+    raise ValueError("config.optimizer.learning_rate must be positive and config.model.init_scale "
+                     f"non-negative, got {config.optimizer.learning_rate}, "
+                     f"{config.model.init_scale}")
+  if config.train.steps % config.train.log_every:
+    raise ValueError(f"config.train.steps ({config.train.steps}) must be a multiple of "
+                     f"config.train.log_every ({config.train.log_every})")
 
 
 def _unit(key, shape):
@@ -95,11 +105,12 @@ def run_trial(key, config):
 
 def _run_trial(key, config):
   k_data, k_init = jax.random.split(key)
+  t, tc = config.task, config.train
   x, z, y, v = (a.astype(jnp.float64) for a in sample_problem(
-      k_data, config.num_samples, config.num_tokens, config.dim, config.query))
-  w0 = config.init_scale * jax.random.normal(k_init, (config.dim, config.dim), jnp.float64)
-  ws, losses = normalized_gd(w0, x, z, y, v, config.learning_rate, config.num_iterations,
-                             config.log_every)
+      k_data, t.num_samples, t.num_tokens, t.n_dims, t.query))
+  w0 = config.model.init_scale * jax.random.normal(k_init, (t.n_dims, t.n_dims), jnp.float64)
+  ws, losses = normalized_gd(w0, x, z, y, v, config.optimizer.learning_rate, tc.steps,
+                             tc.log_every)
   ws = np.asarray(ws, np.float64)
   w_final = ws[-1]
   selected = np.asarray(jnp.argmax(attention_probs(jnp.asarray(w_final), x, z), -1))
@@ -114,7 +125,7 @@ def _run_trial(key, config):
     cos_global = [_cosine(w, w_global) for w in ws]
   probs_final = np.asarray(attention_probs(jnp.asarray(w_final), x, z))
   return {
-      "iteration": [(i + 1) * config.log_every for i in range(len(ws))],
+      "iteration": [(i + 1) * tc.log_every for i in range(len(ws))],
       "loss": np.asarray(losses).tolist(),
       "cos_to_w_mm": [_cosine(w, w_mm) for w in ws],
       "cos_to_global_w_mm": cos_global,
@@ -133,19 +144,16 @@ def _run_trial(key, config):
 def run(config, workdir):
   """Runs `num_trials` random problems; writes workdir/results.json."""
   _validate(config)
-  if config.num_iterations % config.log_every:
-    raise ValueError(f"config.num_iterations ({config.num_iterations}) must be a multiple of "
-                     f"config.log_every ({config.log_every})")
   keys = jax.random.split(jax.random.key(config.seed), config.num_trials)
   trials = [run_trial(k, config) for k in keys]
   final_cos = np.array([t["cos_to_w_mm"][-1] for t in trials])
   results = {
       "study": "attention_svm",
-      "num_samples": config.num_samples,
-      "num_tokens": config.num_tokens,
-      "dim": config.dim,
-      "query": config.query,
-      "learning_rate": config.learning_rate,
+      "num_samples": config.task.num_samples,
+      "num_tokens": config.task.num_tokens,
+      "dim": config.task.n_dims,
+      "query": config.task.query,
+      "learning_rate": config.optimizer.learning_rate,
       "final_cos_mean": float(final_cos.mean()),
       "final_cos_min": float(final_cos.min()),
       "fraction_locally_optimal": float(np.mean([t["selection_is_locally_optimal"]

@@ -10,29 +10,28 @@ import os
 import numpy as np
 
 from jaxllm.data import icl_regression
-from jaxllm.data import prism_tasks
+from jaxllm.data import prior_regression
 from jaxllm.icl import baselines, low_rank, posterior
-from jaxllm.models.transformer import build
+from jaxllm.icl.regression_task import LinearRegressionTask, predict
 from jaxllm.results import write_results
 from jaxllm.train.loop import train
 
-from experiments.icl.linear_regression import check_prompt_fits, predict, prompt_loss
 
 
-def make_family(config, name: str, n_dims: int | None = None) -> prism_tasks.Family:
+def make_family(config, name: str, n_dims: int | None = None) -> prior_regression.Family:
   """The named family at ``n_dims`` (default task.n_dims, or task.lowrank_dims for ``lowrank``,
   whose d must be a perfect square)."""
   c = config.task
   if n_dims is None:
-    n_dims = c.lowrank_dims if name == prism_tasks.LOWRANK else c.n_dims
+    n_dims = c.lowrank_dims if name == prior_regression.LOWRANK else c.n_dims
   n = int(n_dims)
-  return prism_tasks.make_family(
+  return prior_regression.make_family(
       name, n, min(int(c.sparsity), n),
       max_freq=int(c.max_freq), half_period=float(c.half_period),
       num_monomials=int(c.num_monomials), rank=int(c.rank), seed=int(config.seed))
 
 
-class PrismTask:
+class PrismTask(LinearRegressionTask):
   """Prompts from one named prior; batches are a pure function of (seed, step).
 
   As in the linear-regression study, a curriculum grows the number of in-context examples and,
@@ -42,40 +41,22 @@ class PrismTask:
   """
 
   def __init__(self, config, prior_name: str):
-    c = config.task
     self.family = make_family(config, prior_name)
+    super().__init__(config, input_dim=self.family.input_dim,
+                     grow_dims=prior_name not in prior_regression.SOLO_FAMILIES)
     self.name, self.config = prior_name, config
-    self.n_points, self.noise_std = int(c.n_points), float(c.noise_std)
-    self.batch_size, self.seed = int(config.train.batch_size), int(config.seed)
-    cur = c.curriculum
-    grow_dims = prior_name not in prism_tasks.SOLO_FAMILIES
-    self.input_dim = self.family.input_dim
-    self.dims = icl_regression.Curriculum(
-        int(cur.dims_start) if grow_dims else self.input_dim, self.input_dim, int(cur.dims_inc),
-        int(cur.interval))
-    self.points = icl_regression.Curriculum(int(cur.points_start), self.n_points,
-                                            int(cur.points_inc), int(cur.interval))
     self._families = {self.input_dim: self.family}
-    self.model_cfg = dict(config.model.to_dict(), io="vectors", input_dim=self.input_dim,
-                          output_dim=1)
-    check_prompt_fits(self.model_cfg, self.n_points)
-
-  def init_model(self, rngs):
-    return build(self.model_cfg, rngs=rngs)
 
   def batch(self, step: int):
     rng = np.random.default_rng([self.seed, step])
     active = self.dims.value(step)
     if active not in self._families:
       self._families[active] = make_family(self.config, self.name, active)
-    xs_active, ys = prism_tasks.sample_family(rng, self._families[active], self.batch_size,
-                                              self.points.value(step), self.noise_std)
+    xs_active, ys = prior_regression.sample_family(rng, self._families[active], self.batch_size,
+                                                   self.points.value(step), self.noise_std)
     xs = np.zeros(xs_active.shape[:2] + (self.input_dim,), np.float32)
     xs[..., :active] = xs_active
     return {"tokens": icl_regression.interleave(xs, ys), "ys": ys}
-
-  def loss(self, model, batch):
-    return prompt_loss(model, batch)
 
 
 def evaluate(model, config, train_prior: str) -> dict:
@@ -89,26 +70,26 @@ def evaluate(model, config, train_prior: str) -> dict:
   for i, name in enumerate(train_prior.split("+")):
     rng = np.random.default_rng([int(config.seed), 10**9, i])  # disjoint from training streams
     family = make_family(config, name)
-    xs, ys = prism_tasks.sample_family(rng, family, int(config.eval.num_prompts),
-                                       int(c.n_points), noise)
+    xs, ys = prior_regression.sample_family(rng, family, int(config.eval.num_prompts),
+                                            int(c.n_points), noise)
     phi = family.features(xs)
     preds = {"transformer": predict(model, xs, ys)}
     if prior_family.prior is not None:
       preds["posterior_mean"] = posterior.posterior_mean(phi, ys, prior_family.prior, noise)
-    if name == prism_tasks.LOWRANK:
+    if name == prior_regression.LOWRANK:
       preds["nuclear_norm"] = low_rank.nuclear_norm(xs, ys, low_rank.default_lambda(noise))
     preds["least_squares"] = baselines.least_squares(xs, ys)
-    if name in prism_tasks.FEATURE_FAMILIES:
+    if name in prior_regression.FEATURE_FAMILIES:
       preds["least_squares_features"] = baselines.least_squares(phi, ys)
       normalizer = float(np.mean(ys.astype(np.float64) ** 2))
     else:
       preds["ridge"] = baselines.ridge(xs, ys, noise**2)
       normalizer = float(family.input_dim)
     if name == "monomial":  # knows the degree but not which monomials: ridge on all of them
-      every = prism_tasks.monomial_pairs(0, xs.shape[-1], xs.shape[-1] * (xs.shape[-1] + 1) // 2)
+      every = prior_regression.monomial_pairs(0, xs.shape[-1], xs.shape[-1] * (xs.shape[-1] + 1) // 2)
       preds["ridge_all_monomials"] = baselines.ridge(
-          prism_tasks.monomial_features(xs, every), ys, noise**2)
-    for other in prism_tasks.FAMILIES:  # "dense" is left out: its posterior mean is the ridge
+          prior_regression.monomial_features(xs, every), ys, noise**2)
+    for other in prior_regression.FAMILIES:  # "dense" is left out: its posterior mean is the ridge
       if other in train_prior.split("+") and other not in (train_prior, "dense"):
         preds[f"posterior_{other}"] = posterior.posterior_mean(
             xs, ys, make_family(config, other).prior, noise)

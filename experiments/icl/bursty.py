@@ -12,6 +12,7 @@ context-chance level and its final value.
 """
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -19,25 +20,32 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxllm.data import bursty as bursty_data
-from jaxllm.models.bursty import BurstyClassifier
+from jaxllm import optim
+from jaxllm.data import cluster_sequences
+from jaxllm.icl.attention_classifier import AttentionOnlyClassifier
 from jaxllm.results import write_results
+from jaxllm.train.loop import train
 
 RUN_FIELDS = ("name", "burstiness", "num_classes", "alpha", "p_bursty")
-OPTIMIZERS = ("sgd", "adam")
 
 
 def _validate(config):
-  for field in ("dim", "pos_dim", "num_labels", "num_examples", "hidden", "batch_size",
-                "num_steps", "eval_every", "eval_size", "icl_test_burstiness"):
-    value = config[field]
+  t, e = config.task, config.eval
+  for name, value in (("task.n_dims", t.n_dims), ("task.pos_dim", t.pos_dim),
+                      ("task.num_labels", t.num_labels), ("task.num_examples", t.num_examples),
+                      ("model.hidden", config.model.hidden),
+                      ("train.batch_size", config.train.batch_size),
+                      ("train.steps", config.train.steps), ("eval.eval_every", e.eval_every),
+                      ("eval.eval_size", e.eval_size),
+                      ("eval.icl_test_burstiness", e.icl_test_burstiness)):
     if int(value) != value or value < 1:
-      raise ValueError(f"config.{field} must be a positive integer, got {value}")
-  if config.optimizer not in OPTIMIZERS:
-    raise ValueError(f"config.optimizer must be one of {OPTIMIZERS}, got {config.optimizer!r}")
-  if config.num_steps % config.eval_every:
-    raise ValueError(f"config.num_steps ({config.num_steps}) must be a multiple of "
-                     f"config.eval_every ({config.eval_every})")
+      raise ValueError(f"config.{name} must be a positive integer, got {value}")
+  if config.optimizer.name not in optim.NAMES:
+    raise ValueError(f"config.optimizer.name must be one of {list(optim.NAMES)}, got "
+                     f"{config.optimizer.name!r}")
+  if config.train.steps % e.eval_every:
+    raise ValueError(f"config.train.steps ({config.train.steps}) must be a multiple of "
+                     f"config.eval.eval_every ({e.eval_every})")
   if not config.runs:
     raise ValueError("config.runs must list at least one run")
   for run_cfg in config.runs:
@@ -48,76 +56,68 @@ def _validate(config):
 
 
 def _settings(config, run_cfg):
-  s = {f: config[f] for f in RUN_FIELDS if f != "name"}
+  s = {f: config.task[f] for f in RUN_FIELDS if f != "name"}
   s.update({k: v for k, v in run_cfg.items() if k != "name"})
   return s
 
 
-def train_run(config, settings, key):
-  """Trains one network; returns its curves and final accuracies."""
-  k_task, k_init, k_data, k_eval = jax.random.split(key, 4)
-  task = bursty_data.make_task(k_task, settings["num_classes"], config.num_labels, config.dim,
-                               settings["alpha"])
-  shape = dict(num_examples=config.num_examples, eps=config.eps, pos_dim=config.pos_dim)
-  sample = functools.partial(bursty_data.sample_train, task=task, batch_size=config.batch_size,
-                             burstiness=settings["burstiness"], p_bursty=settings["p_bursty"],
-                             **shape)
+class BurstyTask:
+  """Training batches of one run's class set; a pure function of (key, step)."""
+
+  def __init__(self, config, settings, key):
+    t = config.task
+    k_task, self.k_data = jax.random.split(key)
+    self.classes = cluster_sequences.make_task(k_task, settings["num_classes"], t.num_labels,
+                                               t.n_dims, settings["alpha"])
+    self.shape = dict(num_examples=t.num_examples, eps=t.eps, pos_dim=t.pos_dim)
+    self.sample = functools.partial(
+        cluster_sequences.sample_train, task=self.classes, batch_size=config.train.batch_size,
+        burstiness=settings["burstiness"], p_bursty=settings["p_bursty"], **self.shape)
+    self.model_args = (t.n_dims + t.pos_dim, t.num_labels, config.model.hidden)
+
+  def init_model(self, rngs):
+    return AttentionOnlyClassifier(*self.model_args, rngs=rngs)
+
+  def batch(self, step: int):
+    tokens, targets = self.sample(jax.random.fold_in(self.k_data, step))
+    return {"tokens": tokens, "targets": targets}
+
+  def loss(self, model, batch):
+    logits = model(batch["tokens"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"]).mean(), {}
+
+
+def train_run(config, settings, key, workdir):
+  """Trains one network in segments of ``eval.eval_every`` updates; returns its curves and final
+  accuracies."""
+  k_task, k_eval = jax.random.split(key)
+  task = BurstyTask(config, settings, k_task)
+  e = config.eval
   k_icl, k_flip, k_iwl = jax.random.split(k_eval, 3)
   tests = {
-      "icl": bursty_data.sample_icl(k_icl, task, config.eval_size,
-                                    burstiness=config.icl_test_burstiness, **shape),
-      "icl_flipped": bursty_data.sample_icl(k_flip, task, config.eval_size,
-                                            burstiness=config.icl_test_burstiness, novel=False,
-                                            **shape),
-      "iwl": bursty_data.sample_iwl(k_iwl, task, config.eval_size, **shape),
+      "icl": cluster_sequences.sample_icl(k_icl, task.classes, e.eval_size,
+                                          burstiness=e.icl_test_burstiness, **task.shape),
+      "icl_flipped": cluster_sequences.sample_icl(k_flip, task.classes, e.eval_size,
+                                                  burstiness=e.icl_test_burstiness,
+                                                  novel=False, **task.shape),
+      "iwl": cluster_sequences.sample_iwl(k_iwl, task.classes, e.eval_size, **task.shape),
   }
 
-  model = BurstyClassifier(config.dim + config.pos_dim, config.num_labels, config.hidden,
-                           rngs=nnx.Rngs(params=k_init))
-  tx = (optax.sgd(config.learning_rate) if config.optimizer == "sgd"
-        else optax.adam(config.learning_rate))
-  graphdef, params = nnx.split(model, nnx.Param)
-  opt_state = tx.init(params)
-
-  def step(carry, key):
-    params, opt_state = carry
-    tokens, targets = sample(key)
-
-    def loss_fn(p):
-      logits = nnx.merge(graphdef, p)(tokens)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
-
-  @jax.jit
-  def run_chunk(params, opt_state, key):
-    (params, opt_state), losses = jax.lax.scan(step, (params, opt_state),
-                                               jax.random.split(key, config.eval_every))
-    return params, opt_state, losses.mean()
-
-  @jax.jit
-  def evaluate(params):
-    m = nnx.merge(graphdef, params)
-    return {name: jnp.mean(jnp.argmax(m(tok), -1) == tgt) for name, (tok, tgt) in tests.items()}
+  @nnx.jit
+  def evaluate(model):
+    return {name: jnp.mean(jnp.argmax(model(tok), -1) == tgt) for name, (tok, tgt) in tests.items()}
 
   curves = {"step": [0], "loss": [None]}
-  for name, value in evaluate(params).items():
+  for name, value in evaluate(task.init_model(nnx.Rngs(config.seed))).items():
     curves[name] = [float(value)]
-  for chunk in range(config.num_steps // config.eval_every):
-    k_data, sub = jax.random.split(k_data)
-    params, opt_state, loss = run_chunk(params, opt_state, sub)
-    loss = float(loss)
-    if not np.isfinite(loss):
-      raise FloatingPointError(f"training loss became {loss} by step "
-                               f"{(chunk + 1) * config.eval_every}; lower config.learning_rate")
-    curves["step"].append((chunk + 1) * config.eval_every)
-    curves["loss"].append(loss)
-    for name, value in evaluate(params).items():
+  for step in range(int(e.eval_every), int(config.train.steps) + 1, int(e.eval_every)):
+    result = train(config, workdir, task, total_steps=step, progress=False)
+    curves["step"].append(step)
+    curves["loss"].append(result.last_metrics["loss"])
+    for name, value in evaluate(result.model).items():
       curves[name].append(float(value))
 
-  context_chance = config.icl_test_burstiness / config.num_examples
+  context_chance = e.icl_test_burstiness / config.task.num_examples
   icl = np.asarray(curves["icl"])
   halfway = context_chance + 0.5 * (icl[-1] - context_chance)
   crossed = np.nonzero(icl > halfway)[0] if icl[-1] > context_chance + 0.1 else []
@@ -128,7 +128,7 @@ def train_run(config, settings, key):
       "final_icl_flipped": curves["icl_flipped"][-1],
       "final_iwl": curves["iwl"][-1],
       "icl_transition_step": int(curves["step"][crossed[0]]) if len(crossed) else None,
-      "chance_uniform": 1.0 / config.num_labels,
+      "chance_uniform": 1.0 / config.task.num_labels,
       "chance_context": context_chance,
   }
 
@@ -140,14 +140,15 @@ def run(config, workdir):
   runs = {}
   for run_cfg in config.runs:
     key, sub = jax.random.split(key)
-    runs[run_cfg["name"]] = train_run(config, _settings(config, run_cfg), sub)
+    runs[run_cfg["name"]] = train_run(config, _settings(config, run_cfg), sub,
+                                      os.path.join(workdir, run_cfg["name"]))
     write_results(workdir, {"study": "bursty", "runs": runs, "complete": False})
   results = {
       "study": "bursty",
-      "num_examples": config.num_examples,
-      "num_labels": config.num_labels,
-      "eps": config.eps,
-      "icl_test_burstiness": config.icl_test_burstiness,
+      "num_examples": config.task.num_examples,
+      "num_labels": config.task.num_labels,
+      "eps": config.task.eps,
+      "icl_test_burstiness": config.eval.icl_test_burstiness,
       "runs": runs,
       "complete": True,
   }

@@ -6,11 +6,10 @@ import os
 
 import numpy as np
 
-from experiments.icl.linear_regression import check_prompt_fits, predict, prompt_loss
 from jaxllm.data import icl_functions
 from jaxllm.data import icl_regression as data
 from jaxllm.icl import baselines, function_baselines
-from jaxllm.models.transformer import build
+from jaxllm.icl.regression_task import LinearRegressionTask, predict
 from jaxllm.results import write_results
 from jaxllm.train.loop import train
 
@@ -29,36 +28,20 @@ def normalizer(config, family):
   return {"sparse_linear": float(c.sparsity), "decision_tree": 1.0}.get(family, float(c.n_dims))
 
 
-class FunctionTask:
+class FunctionTask(LinearRegressionTask):
   """Prompts of one family; batches are a pure function of (seed, step); curriculum over d and k."""
 
   def __init__(self, config, family):
     if family not in FAMILIES:
       raise ValueError(f"task.families entry {family!r} unknown; allowed: {list(FAMILIES)}")
-    c = config.task
+    super().__init__(config)
     self.family, self.kwargs = family, family_kwargs(config, family)
-    self.n_dims, self.n_points = int(c.n_dims), int(c.n_points)
-    self.batch_size, self.seed = int(config.train.batch_size), int(config.seed)
-    cur = c.curriculum
-    self.dims = data.Curriculum(int(cur.dims_start), self.n_dims, int(cur.dims_inc),
-                                int(cur.interval))
-    self.points = data.Curriculum(int(cur.points_start), self.n_points, int(cur.points_inc),
-                                  int(cur.interval))
-    self.model_cfg = dict(config.model.to_dict(), io="vectors", input_dim=self.n_dims,
-                          output_dim=1)
-    check_prompt_fits(self.model_cfg, self.n_points)
-
-  def init_model(self, rngs):
-    return build(self.model_cfg, rngs=rngs)
 
   def batch(self, step: int):
     rng = np.random.default_rng([self.seed, FAMILIES.index(self.family), step])
     xs, ys = icl_functions.sample(self.family, rng, self.batch_size, self.points.value(step),
                                   self.n_dims, active_dims=self.dims.value(step), **self.kwargs)
     return {"tokens": data.interleave(xs, ys), "ys": ys}
-
-  def loss(self, model, batch):
-    return prompt_loss(model, batch)
 
 
 def baseline_predictions(config, family, xs, ys):

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxllm.data import digits_tasks
+from jaxllm.data import projected_digits
 from jaxllm.models.transformer import build
 from jaxllm.results import write_results
 from jaxllm.train.loop import train
@@ -38,13 +38,13 @@ def _validate(config):
     raise ValueError(f"config.task.train_images_per_row must be None or a positive integer, "
                      f"got {ipr}")
   pools = tuple(c.num_tasks)
-  if not pools or any(int(n) != n or not 1 <= n <= digits_tasks.UNSEEN_TASK_OFFSET
+  if not pools or any(int(n) != n or not 1 <= n <= projected_digits.UNSEEN_TASK_OFFSET
                       for n in pools):
     raise ValueError(f"config.task.num_tasks must list pool sizes in [1, "
-                     f"{digits_tasks.UNSEEN_TASK_OFFSET}], got {pools}")
+                     f"{projected_digits.UNSEEN_TASK_OFFSET}], got {pools}")
   if len(set(pools)) != len(pools):
     raise ValueError(f"config.task.num_tasks has repeated pool sizes: {pools}")
-  n_test = len(digits_tasks.digits("test")[1])
+  n_test = len(projected_digits.digits("test")[1])
   if c.length > n_test:
     raise ValueError(f"config.task.length={c.length} exceeds the {n_test} test images "
                      "(a sequence uses distinct images)")
@@ -65,19 +65,19 @@ class DigitsTask:
     self.batch_size = int(config.train.batch_size)
     ipr = c.get("train_images_per_row")
     self.images_per_row = None if ipr is None else int(ipr)
-    self.images, self.labels = digits_tasks.digits("train")
+    self.images, self.labels = projected_digits.digits("train")
     self.model_cfg = dict(config.model.to_dict(), io="vectors",
-                          input_dim=self.proj_dim + digits_tasks.NUM_CLASSES,
-                          output_dim=digits_tasks.NUM_CLASSES)
+                          input_dim=self.proj_dim + projected_digits.NUM_CLASSES,
+                          output_dim=projected_digits.NUM_CLASSES)
 
   def init_model(self, rngs):
     return build(self.model_cfg, rngs=rngs)
 
   def batch(self, step: int):
     rng = np.random.default_rng([self.seed, self.num_tasks, step])
-    ids = digits_tasks.train_task_ids(rng, self.num_tasks, self.batch_size)
-    tokens, targets = digits_tasks.sequences(rng, self.images, self.labels, ids, self.seed,
-                                             self.proj_dim, self.length, self.images_per_row)
+    ids = projected_digits.train_task_ids(rng, self.num_tasks, self.batch_size)
+    tokens, targets = projected_digits.sequences(rng, self.images, self.labels, ids, self.seed,
+                                                 self.proj_dim, self.length, self.images_per_row)
     return {"tokens": tokens, "targets": targets}
 
   def loss(self, model, batch):
@@ -100,11 +100,11 @@ def eval_sequences(config, num_tasks: int, split: str):
     raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
   c, n = config.task, int(config.eval.num_sequences)
   rng = np.random.default_rng([int(config.seed), int(num_tasks), EVAL_SPLITS.index(split), 10**9])
-  images, labels = digits_tasks.digits("train" if split == "train_tasks" else "test")
-  ids = (digits_tasks.unseen_task_ids(n) if split == "unseen_tasks"
-         else digits_tasks.train_task_ids(rng, int(num_tasks), n))
-  return digits_tasks.sequences(rng, images, labels, ids, int(config.seed), int(c.proj_dim),
-                                int(c.length))
+  images, labels = projected_digits.digits("train" if split == "train_tasks" else "test")
+  ids = (projected_digits.unseen_task_ids(n) if split == "unseen_tasks"
+         else projected_digits.train_task_ids(rng, int(num_tasks), n))
+  return projected_digits.sequences(rng, images, labels, ids, int(config.seed), int(c.proj_dim),
+                                    int(c.length))
 
 
 def evaluate(model, config, num_tasks: int, batch_size: int = 256) -> dict:
@@ -128,7 +128,7 @@ def run(config, workdir: str) -> dict:
   results = {"experiment": "icl.general_purpose", "proj_dim": int(config.task.proj_dim),
              "length": int(config.task.length),
              "train_images_per_row": config.task.get("train_images_per_row"),
-             "chance": 1.0 / digits_tasks.NUM_CLASSES,
+             "chance": 1.0 / projected_digits.NUM_CLASSES,
              "num_eval_sequences": int(config.eval.num_sequences), "runs": {}, "complete": False}
   for num_tasks in config.task.num_tasks:
     task = DigitsTask(config, num_tasks)

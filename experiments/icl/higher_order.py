@@ -7,34 +7,13 @@ prompts are most similar (cosine of error vectors). The algorithms alone are als
 needs to reach least squares at d = 20, n = 40 for several condition numbers.
 """
 
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from experiments.icl.linear_regression import LinearRegressionTask
 from jaxllm.data import icl_regression as data
-from jaxllm.icl import newton, probes
+from jaxllm.icl import baselines, newton, probes
+from jaxllm.icl.regression_task import LinearRegressionTask, conditioned_inputs, hidden_states
 from jaxllm.results import write_results
 from jaxllm.train.loop import train
-
-
-def conditioned_inputs(rng, xs, condition_number: float, active_dims=None):
-  """Maps isotropic xs [B, k, d] to x ~ N(0, U diag(lam) U^T) per prompt, with U a random rotation
-  and lam geometric from 1 down to 1 / condition_number (the top eigenvalue stays 1, so GD's
-  stable step sizes do not depend on the condition number)."""
-  if condition_number < 1:
-    raise ValueError(f"condition_number must be >= 1, got {condition_number}")
-  b, _, d = xs.shape
-  a = d if active_dims is None else int(active_dims)
-  if condition_number == 1:
-    return xs
-  lam = np.geomspace(1.0, 1.0 / condition_number, a)
-  q, r = np.linalg.qr(rng.standard_normal((b, a, a)))
-  q = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]  # Haar-distributed rotations
-  root_BAA = np.einsum("bij,j,bkj->bik", q, np.sqrt(lam), q)
-  out = xs.copy()
-  out[..., :a] = np.einsum("bna,bca->bnc", xs[..., :a], root_BAA)
-  return out.astype(np.float32)
 
 
 class ConditionedRegressionTask(LinearRegressionTask):
@@ -60,24 +39,12 @@ def test_prompts(rng, num, n_points, n_dims, kappa):
   return xs, np.einsum("bkd,bd->bk", xs, ws).astype(np.float32)
 
 
-def hidden_states(model, xs, ys, batch_size: int = 256):
-  """Hidden states [L + 1, B, T, D] (embedding, then each block) and outputs at x positions."""
-  fwd = nnx.jit(lambda m, tok: m(tok, return_hidden=True))
-  hs, outs = [], []
-  for i in range(0, len(xs), batch_size):
-    out, hidden = fwd(model, jnp.asarray(data.interleave(xs[i:i + batch_size],
-                                                         ys[i:i + batch_size])))
-    hs.append(np.stack([np.asarray(h) for h in hidden]))
-    outs.append(np.asarray(out)[:, ::2, 0])
-  return np.concatenate(hs, axis=1), np.concatenate(outs)
-
-
 def algorithm_errors(xs, ys, n, newton_iters, gd_steps, gd_lr):
   """Query-prediction errors of Newton iterations 0..J, GD step counts and least squares at n."""
   x, y, xq, yq = xs[:, :n], ys[:, :n], xs[:, n].astype(np.float64), ys[:, n]
   w_newton = newton.newton_weights(x, y, newton_iters)
   w_gd = np.stack([newton.gd_unnormalised_weights(x, y, gd_lr, t) for t in gd_steps])
-  w_ls = newton.least_squares_weights(x, y)
+  w_ls = baselines.least_squares_weights(x, y)
   return (np.einsum("jbd,bd->jb", w_newton, xq) - yq, np.einsum("jbd,bd->jb", w_gd, xq) - yq,
           np.einsum("bd,bd->b", w_ls, xq) - yq)
 
@@ -124,7 +91,7 @@ def algorithm_convergence(config):
   for kappa in a.condition_numbers:
     rng = np.random.default_rng([int(config.seed), int(kappa), 7])
     xs, ys = test_prompts(rng, int(a.num_prompts), n, d, float(kappa))
-    w_star = newton.least_squares_weights(xs, ys)
+    w_star = baselines.least_squares_weights(xs, ys)
     w_newton = newton.newton_weights(xs, ys, int(a.max_newton_iters))
     gd_hit = -1
     for t in a.gd_steps:

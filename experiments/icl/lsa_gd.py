@@ -8,32 +8,38 @@ size, and with least squares:
   * cosine between the input sensitivities d y_hat / d x_q of the model and of the estimator.
 """
 
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from flax import nnx
 
+from jaxllm.data import icl_regression as data
 from jaxllm.icl import baselines, gd
-from jaxllm.icl.linear_tasks import INPUT_DISTRIBUTIONS, sample_linear_prompts
-from jaxllm.icl.training import train_regression
-from jaxllm.models.lsa import LSAStack, regression_tokens
+from jaxllm.icl.linear_self_attention import LSAStack, regression_tokens
+from jaxllm.icl.regression_task import QueryRegressionTask
 from jaxllm.results import write_results
+from jaxllm.train.loop import train
+from jaxllm.train.metrics import read_metrics
 
 
 def _validate(config):
-  for field in ("dim", "num_examples", "batch_size", "num_steps", "eval_prompts",
-                "rate_search_prompts"):
-    value = config[field]
+  t, e = config.task, config.eval
+  for name, value in (("task.n_dims", t.n_dims), ("task.n_points", t.n_points),
+                      ("train.batch_size", config.train.batch_size),
+                      ("train.steps", config.train.steps), ("eval.num_prompts", e.num_prompts),
+                      ("eval.rate_search_prompts", e.rate_search_prompts)):
     if int(value) != value or value < 1:
-      raise ValueError(f"config.{field} must be a positive integer, got {value}")
-  if not config.num_layers or any(int(n) != n or n < 1 for n in config.num_layers):
-    raise ValueError(f"config.num_layers must be positive integers, got {config.num_layers}")
-  if config.input_dist not in INPUT_DISTRIBUTIONS:
-    raise ValueError(f"config.input_dist must be one of {INPUT_DISTRIBUTIONS}, "
-                     f"got {config.input_dist!r}")
-  if config.learning_rate <= 0:
-    raise ValueError(f"config.learning_rate must be positive, got {config.learning_rate}")
+      raise ValueError(f"config.{name} must be a positive integer, got {value}")
+  layers = config.model.num_layers
+  if not layers or any(int(n) != n or n < 1 for n in layers):
+    raise ValueError(f"config.model.num_layers must be positive integers, got {layers}")
+  if t.input_dist not in data.INPUT_DISTRIBUTIONS:
+    raise ValueError(f"config.task.input_dist must be one of {data.INPUT_DISTRIBUTIONS}, "
+                     f"got {t.input_dist!r}")
+  if config.optimizer.learning_rate <= 0:
+    raise ValueError(f"config.optimizer.learning_rate must be positive, got "
+                     f"{config.optimizer.learning_rate}")
 
 
 def _sensitivity_cosine(model_fn, x, y, xq, w_BD):
@@ -52,34 +58,36 @@ def _half_mse(a, b):
 def run(config, workdir):
   """Trains one LSA stack per depth and compares it with GD and OLS; writes workdir/results.json."""
   _validate(config)
-  d, n = config.dim, config.num_examples
+  t, e = config.task, config.eval
+  d, n = int(t.n_dims), int(t.n_points) - 1
 
-  def sample(key, batch):
-    return sample_linear_prompts(key, batch, n, d, input_dist=config.input_dist)
+  def sample(stream, batch):  # evaluation streams, disjoint from the training batches
+    xs, ys, _ = data.sample_prompts(np.random.default_rng([int(config.seed), 10**9, stream]),
+                                    batch, n + 1, d, input_dist=t.input_dist)
+    return data.split_query(xs, ys)
 
-  key = jax.random.key(config.seed)
-  key, k_rate, k_eval = jax.random.split(key, 3)
-  x_r, y_r, xq_r, yq_r, _ = sample(k_rate, config.rate_search_prompts)
-  x, y, xq, yq, _ = sample(k_eval, config.eval_prompts)
-  xs = np.concatenate([np.asarray(x), np.asarray(xq)[:, None]], axis=1)
-  ys = np.concatenate([np.asarray(y), np.asarray(yq)[:, None]], axis=1)
+  x_r, y_r, xq_r, yq_r = sample(0, int(e.rate_search_prompts))
+  x, y, xq, yq = sample(1, int(e.num_prompts))
+  xs = np.concatenate([x, xq[:, None]], axis=1)
+  ys = np.concatenate([y, yq[:, None]], axis=1)
   ols_pred = jnp.asarray(baselines.least_squares(xs, ys)[:, -1], jnp.float32)
-  w_ols = jnp.einsum("bkd,bk->bd", jnp.linalg.pinv(x), y)
+  w_ols = jnp.asarray(baselines.least_squares_weights(x, y), jnp.float32)
 
   gd_rows = {"num_steps": [], "rate": [], "loss": []}
-  for steps in sorted(set(config.num_layers) | set(config.gd_steps_reported) | {1}):
+  for steps in sorted(set(config.model.num_layers) | set(e.gd_steps) | {1}):
     rate, _ = gd.best_gd_rate(x_r, y_r, xq_r, yq_r, steps)
     gd_rows["num_steps"].append(steps)
     gd_rows["rate"].append(rate)
     gd_rows["loss"].append(float(gd.gd_loss(x, y, xq, yq, rate, steps)))
 
   models = {}
-  for depth in config.num_layers:
-    key, k_init, k_data = jax.random.split(key, 3)
-    model = LSAStack(d, depth, init_scale=config.init_scale, rngs=nnx.Rngs(params=k_init))
-    tx = optax.chain(optax.clip_by_global_norm(config.grad_clip), optax.adam(config.learning_rate))
-    history = train_regression(model, tx, lambda k: sample(k, config.batch_size),
-                               num_steps=config.num_steps, key=k_data, log_every=config.log_every)
+  for depth in config.model.num_layers:
+    task = QueryRegressionTask(config, lambda rngs, depth=depth: LSAStack(
+        d, depth, init_scale=float(config.model.init_scale), rngs=rngs))
+    run_dir = os.path.join(workdir, f"depth_{depth}")
+    model = train(config, run_dir, task, progress=False).model
+    logged = read_metrics(run_dir)
+    history = {"step": [r["step"] for r in logged], "loss": [r["loss"] for r in logged]}
 
     def model_fn(x1, y1, xq1, model=model):
       return model(regression_tokens(x1, y1, xq1))
@@ -108,7 +116,7 @@ def run(config, workdir):
       "study": "lsa_gd",
       "dim": d,
       "num_examples": n,
-      "input_dist": config.input_dist,
+      "input_dist": t.input_dist,
       "zero_predictor_loss": float(0.5 * jnp.mean(jnp.square(yq))),
       "gd": gd_rows,
       "models": models,

@@ -13,11 +13,10 @@ fixed context lengths); every probe error is divided by its target's variance.
 import numpy as np
 from flax import nnx
 
-from experiments.icl.higher_order import hidden_states
-from experiments.icl.linear_regression import LinearRegressionTask
 from jaxllm.data import icl_functions
 from jaxllm.data.icl_regression import interleave
 from jaxllm.icl import baselines, probes, representation_baselines
+from jaxllm.icl.regression_task import LinearRegressionTask, hidden_states
 from jaxllm.results import write_results
 from jaxllm.train.loop import train
 

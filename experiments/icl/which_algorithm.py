@@ -22,10 +22,10 @@ import os
 import ml_collections
 import numpy as np
 
-from experiments.icl.linear_regression import LinearRegressionTask, predict
 from jaxllm.data import icl_regression as data
+from jaxllm.icl import baselines
 from jaxllm.icl import implicit_weights as iw
-from jaxllm.icl.newton import least_squares_weights
+from jaxllm.icl.regression_task import LinearRegressionTask, predict
 from jaxllm.results import write_results
 from jaxllm.train.loop import train
 
@@ -84,8 +84,8 @@ def reference_estimators(config, noise_variance: float, index: int) -> dict:
   for t in e.gd_steps:
     rates[f"gd_{int(t)}"] = iw.tune_gd_rates(tune_x, tune_y, int(t))
     weights[f"gd_{int(t)}"] = iw.gd_weights_by_prefix(xs, ys, rates[f"gd_{int(t)}"], int(t))
-  weights["ridge"] = iw.weights_by_prefix(xs, ys, lambda x, y: iw.ridge_weights(x, y, lam))
-  weights["ols"] = iw.weights_by_prefix(xs, ys, least_squares_weights)
+  weights["ridge"] = iw.weights_by_prefix(xs, ys, lambda x, y: baselines.ridge_weights(x, y, lam))
+  weights["ols"] = iw.weights_by_prefix(xs, ys, baselines.least_squares_weights)
   return {"xs": xs, "ys": ys, "ridge_lambda": lam, "gd_rates": rates, "weights": weights,
           "predictions": {n: iw.predictions(xs, w) for n, w in weights.items()}}
 

@@ -1,1 +1,3 @@
-"""In-context-learning estimators: the algorithms the ICL studies compare transformers with."""
+"""The in-context-learning study library: the shared regression prompt task, the estimators the
+studies compare transformers with, and the studies' own small models (linear self-attention, the
+attention-only classifier)."""

@@ -18,22 +18,33 @@ def by_prefix(xs, ys, fit):
   return preds
 
 
+def least_squares_weights(x_BND, y_BN):
+  """Minimum-norm least squares w = X^+ y [B, d] (the pseudo-inverse solution)."""
+  return np.einsum("bdn,bn->bd", np.linalg.pinv(np.asarray(x_BND, np.float64)),
+                   np.asarray(y_BN, np.float64))
+
+
+def ridge_weights(x_BND, y_BN, lam: float):
+  """w = (X^T X + lam I)^-1 X^T y [B, d]: the posterior mean for w ~ N(0, I) and noise variance
+  lam."""
+  if not lam > 0:
+    raise ValueError(f"ridge lam must be positive, got {lam}")
+  x = np.asarray(x_BND, np.float64)
+  gram_BDD = np.einsum("bnd,bne->bde", x, x) + lam * np.eye(x.shape[-1])
+  xty_BD = np.einsum("bnd,bn->bd", x, np.asarray(y_BN, np.float64))
+  return np.linalg.solve(gram_BDD, xty_BD[..., None])[..., 0]
+
+
 def least_squares(xs, ys):
-  """Minimum-norm least squares (the pseudo-inverse solution; interpolates while i < d)."""
-  return by_prefix(xs, ys, lambda x, y: np.einsum("bdi,bi->bd", np.linalg.pinv(x), y))
+  """Minimum-norm least squares on each prefix (interpolates while i < d)."""
+  return by_prefix(xs, ys, least_squares_weights)
 
 
 def ridge(xs, ys, lam: float):
-  """Ridge regression w = (X^T X + lam I)^-1 X^T y (Bayes-optimal for noise variance lam)."""
-  if lam <= 0:
+  """Ridge regression on each prefix (Bayes-optimal for noise variance lam)."""
+  if not lam > 0:
     raise ValueError(f"ridge lam must be positive, got {lam}")
-
-  def fit(x, y):
-    d = x.shape[-1]
-    gram = np.einsum("bid,bie->bde", x, x) + lam * np.eye(d)
-    return np.linalg.solve(gram, np.einsum("bid,bi->bd", x, y)[..., None])[..., 0]
-
-  return by_prefix(xs, ys, fit)
+  return by_prefix(xs, ys, lambda x, y: ridge_weights(x, y, lam))
 
 
 def averaging(xs, ys):

@@ -13,20 +13,40 @@ import numpy as np
 from scipy import optimize
 
 
-def gd_weights(x_BND, y_BN, lr, num_steps):
-  """Weights w_BD after `num_steps` GD steps from zero with step size `lr`."""
+@partial(jax.jit, static_argnames="num_steps")
+def _moment_steps(c_XDD, b_XD, lr_X, num_steps):
+  w_XD = jnp.zeros(jnp.broadcast_shapes(lr_X.shape + b_XD.shape[-1:], b_XD.shape), b_XD.dtype)
+
+  def step(w_XD, _):
+    grad_XD = jnp.matmul(c_XDD, w_XD[..., None])[..., 0] - b_XD
+    return w_XD - lr_X[..., None] * grad_XD, None
+
+  w_XD, _ = jax.lax.scan(step, w_XD, None, length=num_steps)
+  return w_XD
+
+
+def gd_weights_from_moments(c_XDD, b_XD, lr_X, num_steps):
+  """Weights after ``num_steps`` steps w <- w - lr (C w - b) from w = 0: GD on
+  L(w) = 1/(2N) sum_i (w . x_i - y_i)^2 given its moments C = X^T X / N, b = X^T y / N.
+
+  The one GD iteration of the package: leading axes of C [..., d, d], b [..., d] and the rates
+  lr [...] broadcast, so many prompts, prefixes and rates step at once. Diverging rates give
+  non-finite weights (no error), for callers that score them.
+  """
   if int(num_steps) != num_steps or num_steps < 1:
     raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
+  b_XD = jnp.asarray(b_XD)
+  return _moment_steps(jnp.asarray(c_XDD, b_XD.dtype), b_XD, jnp.asarray(lr_X, b_XD.dtype),
+                       int(num_steps))
+
+
+def gd_weights(x_BND, y_BN, lr, num_steps):
+  """Weights w_BD after `num_steps` GD steps from zero with step size `lr`."""
+  x_BND, y_BN = jnp.asarray(x_BND), jnp.asarray(y_BN)
   num_examples = x_BND.shape[1]
-  w_BD = jnp.zeros((x_BND.shape[0], x_BND.shape[2]), x_BND.dtype)
-
-  def step(w_BD, _):
-    resid_BN = jnp.einsum("bnd,bd->bn", x_BND, w_BD) - y_BN
-    grad_BD = jnp.einsum("bn,bnd->bd", resid_BN, x_BND) / num_examples
-    return w_BD - lr * grad_BD, None
-
-  w_BD, _ = jax.lax.scan(step, w_BD, None, length=int(num_steps))
-  return w_BD
+  c_BDD = jnp.einsum("bnd,bne->bde", x_BND, x_BND) / num_examples
+  b_BD = jnp.einsum("bnd,bn->bd", x_BND, y_BN) / num_examples
+  return gd_weights_from_moments(c_BDD, b_BD, lr, num_steps)
 
 
 def gd_predict(x_BND, y_BN, xq_BD, lr, num_steps):

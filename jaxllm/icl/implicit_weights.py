@@ -15,7 +15,10 @@ Arrays: xs [B, K, d], ys [B, K]; weights [B, K, d] where entry k is fitted on th
 (entry 0 sees no pair and is zero).
 """
 
+import jax
 import numpy as np
+
+from jaxllm.icl import gd
 
 
 def weights_by_prefix(xs, ys, fit):
@@ -34,16 +37,6 @@ def predictions(xs, w_BKD):
   return np.einsum("bkd,bkd->bk", np.asarray(xs, np.float64), w_BKD)
 
 
-def ridge_weights(x_BND, y_BN, lam: float):
-  """w = (X^T X + lam I)^-1 X^T y: the posterior mean for w ~ N(0, I) and noise variance lam."""
-  if not lam > 0:
-    raise ValueError(f"ridge lam must be positive, got {lam}")
-  x = np.asarray(x_BND, np.float64)
-  gram_BDD = np.einsum("bnd,bne->bde", x, x) + lam * np.eye(x.shape[-1])
-  xty_BD = np.einsum("bnd,bn->bd", x, np.asarray(y_BN, np.float64))
-  return np.linalg.solve(gram_BDD, xty_BD[..., None])[..., 0]
-
-
 def _prefix_moments(xs, ys):
   """C_k = (1/k) sum_{i<k} x_i x_i^T [B, K, d, d] and b_k = (1/k) sum_{i<k} y_i x_i [B, K, d]."""
   xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
@@ -60,16 +53,13 @@ def _prefix_moments(xs, ys):
 
 
 def _gd_steps(c_BKDD, b_BKD, rates_GK, num_steps: int):
-  """Weights [G, B, K, d] after GD steps w <- w - rate (C_k w - b_k) from zero, for G rate rows."""
-  if int(num_steps) != num_steps or num_steps < 1:
-    raise ValueError(f"num_steps must be a positive integer, got {num_steps}")
-  rates_G11K1 = np.asarray(rates_GK, np.float64)[:, None, :, None]
-  w_GBKD = np.zeros((len(rates_G11K1),) + b_BKD.shape)
-  with np.errstate(over="ignore", invalid="ignore"):  # diverging rates are scored as inf
-    for _ in range(int(num_steps)):
-      grad_GBKD = np.einsum("bkde,gbke->gbkd", c_BKDD, w_GBKD, optimize=True) - b_BKD
-      w_GBKD = w_GBKD - rates_G11K1 * grad_GBKD
-  return w_GBKD
+  """Weights [G, B, K, d] of ``gd.gd_weights_from_moments`` from the prefix moments, for G rate
+  rows, in float64 (diverging rates come back non-finite and are scored as inf)."""
+  with jax.enable_x64(True):
+    w_GBKD = gd.gd_weights_from_moments(np.asarray(c_BKDD, np.float64)[None],
+                                        np.asarray(b_BKD, np.float64)[None],
+                                        np.asarray(rates_GK, np.float64)[:, None, :], num_steps)
+    return np.asarray(w_GBKD, np.float64)
 
 
 def gd_weights_by_prefix(xs, ys, rates_K, num_steps: int):

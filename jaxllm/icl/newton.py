@@ -34,12 +34,6 @@ def gd_unnormalised_weights(x_BND, y_BN, lr: float, num_steps: int) -> np.ndarra
                                lr * x_BND.shape[1], num_steps), np.float64)
 
 
-def least_squares_weights(x_BND, y_BN) -> np.ndarray:
-  """Minimum-norm least squares w = X^+ y, the fixed point of both methods."""
-  return np.einsum("bdn,bn->bd", np.linalg.pinv(np.asarray(x_BND, np.float64)),
-                   np.asarray(y_BN, np.float64))
-
-
 def iterations_to_reach(w_JBD, w_star_BD, rel_tol: float = 1e-3) -> int:
   """First iteration j whose mean relative weight error ||w_j - w*|| / ||w*|| is below rel_tol
   (-1 when none is)."""

@@ -1,1 +1,2 @@
-"""Flax NNX models: the decoder-only transformer and the theory-study models."""
+"""Flax NNX models: the decoder-only transformer and its blocks (the ICL studies' own small models live
+in jaxllm.icl)."""

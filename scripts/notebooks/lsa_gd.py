@@ -45,10 +45,9 @@ from jaxllm.plots import lsa_gd as lsa_plot
 
 config = lsa_config.get_config("smoke")
 if SIZE == "ci":
-  config.num_layers = (1,)
-  config.gd_steps_reported = (1,)
-  config.update(batch_size=128, num_steps=100, log_every=50, eval_prompts=500,
-                rate_search_prompts=2000)
+  config.model.num_layers = (1,)
+  config.train.update(batch_size=128, steps=100, log_every=50)
+  config.eval.update(gd_steps=(1,), num_prompts=500, rate_search_prompts=2000)
 workdir = tempfile.mkdtemp(prefix="lsa_gd_")
 results = launch(config, workdir)
 

@@ -12,7 +12,7 @@ from flax import nnx
 
 from configs.icl import active_forgetting as config_lib
 from experiments.icl import active_forgetting
-from jaxllm.data import forgetting_tasks as data
+from jaxllm.data import token_sequences as data
 from jaxllm.train.loop import train
 from tests.icl import figure_scripts
 

@@ -32,7 +32,7 @@ def test_direction_converges_to_max_margin_solution(results):
 
 def test_self_attention_variant_converges_too(tmp_path):
   config = config_lib.get_config("smoke")
-  config.query = "first_token"
+  config.task.query = "first_token"
   config.num_trials = 2
   config.seed = 1
   results = attention_svm.run(config, str(tmp_path))
@@ -49,7 +49,7 @@ def test_a_wrong_selection_gives_a_different_direction():
 
 def test_config_validation():
   config = config_lib.get_config("smoke")
-  config.query = "middle"
+  config.task.query = "middle"
   with pytest.raises(ValueError, match="query"):
     attention_svm.run(config, "/nonexistent")
 

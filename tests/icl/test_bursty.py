@@ -10,8 +10,8 @@ from flax import nnx
 
 from configs.icl import bursty as config_lib
 from experiments.icl import bursty
-from jaxllm.data import bursty as bursty_data
-from jaxllm.models.bursty import BurstyClassifier
+from jaxllm.data import cluster_sequences
+from jaxllm.icl.attention_classifier import AttentionOnlyClassifier
 from tests.icl import figure_scripts
 
 SHAPE = dict(num_examples=8, eps=0.1, pos_dim=65)
@@ -19,7 +19,7 @@ SHAPE = dict(num_examples=8, eps=0.1, pos_dim=65)
 
 @pytest.fixture(scope="module")
 def task():
-  return bursty_data.make_task(jax.random.key(0), 64, 32, 63, alpha=1.0)
+  return cluster_sequences.make_task(jax.random.key(0), 64, 32, 63, alpha=1.0)
 
 
 def _nearest_class(task, items):
@@ -38,8 +38,8 @@ def test_task_frequencies_and_balanced_labels(task):
 
 
 def test_bursty_sequences_have_b_copies_and_the_query_class(task):
-  tokens, targets = bursty_data.sample_train(jax.random.key(1), task, 64, burstiness=4,
-                                             p_bursty=1.0, **SHAPE)
+  tokens, targets = cluster_sequences.sample_train(jax.random.key(1), task, 64, burstiness=4,
+                                                   p_bursty=1.0, **SHAPE)
   assert tokens.shape == (64, 17, 128)
   tokens, targets, class_labels, label_vectors = _np(tokens, targets, task.class_labels_K,
                                                      task.label_vectors_LD)
@@ -61,8 +61,8 @@ def test_bursty_sequences_have_b_copies_and_the_query_class(task):
 
 
 def test_positions_are_shifted_one_hots(task):
-  tokens, _ = bursty_data.sample_train(jax.random.key(2), task, 32, burstiness=0, p_bursty=0.0,
-                                       **SHAPE)
+  tokens, _ = cluster_sequences.sample_train(jax.random.key(2), task, 32, burstiness=0, p_bursty=0.0,
+                                             **SHAPE)
   pos = np.asarray(tokens[..., 63:])
   np.testing.assert_array_equal(pos.sum(-1), 1.0)
   starts = pos[:, 0].argmax(-1)
@@ -71,14 +71,14 @@ def test_positions_are_shifted_one_hots(task):
 
 
 def test_icl_and_iwl_test_sets(task):
-  tokens, targets = _np(*bursty_data.sample_icl(jax.random.key(3), task, 32, burstiness=2,
-                                                 **SHAPE))
+  tokens, targets = _np(*cluster_sequences.sample_icl(jax.random.key(3), task, 32, burstiness=2,
+                                                      **SHAPE))
   labels = tokens[:, 1:16:2, :63]
   lab_vecs = np.asarray(task.label_vectors_LD)
   for b in range(32):
     ids = np.argmax(labels[b] @ lab_vecs.T, -1)
     assert len(set(ids.tolist())) == 4 and int(targets[b]) in ids
-  tokens, targets = _np(*bursty_data.sample_iwl(jax.random.key(4), task, 64, **SHAPE))
+  tokens, targets = _np(*cluster_sequences.sample_iwl(jax.random.key(4), task, 64, **SHAPE))
   class_labels = np.asarray(task.class_labels_K)
   for b in range(64):
     cls = _nearest_class(task, tokens[b, 0:16:2, :63])
@@ -89,13 +89,13 @@ def test_icl_and_iwl_test_sets(task):
 
 def test_generator_validation(task):
   with pytest.raises(ValueError, match="burstiness"):
-    bursty_data.sample_train(jax.random.key(0), task, 4, burstiness=3, p_bursty=1.0, **SHAPE)
+    cluster_sequences.sample_train(jax.random.key(0), task, 4, burstiness=3, p_bursty=1.0, **SHAPE)
   with pytest.raises(ValueError, match="pos_dim"):
-    bursty_data.sample_iwl(jax.random.key(0), task, 4, num_examples=8, eps=0.1, pos_dim=10)
+    cluster_sequences.sample_iwl(jax.random.key(0), task, 4, num_examples=8, eps=0.1, pos_dim=10)
 
 
 def test_model_is_causal_and_returns_label_logits():
-  model = BurstyClassifier(128, 32, rngs=nnx.Rngs(0))
+  model = AttentionOnlyClassifier(128, 32, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(0), (2, 17, 128))
   logits, (p1, p2) = model(x, return_attention=True)
   assert logits.shape == (2, 32) and logits.dtype == jnp.float32
@@ -111,8 +111,8 @@ def test_config_validation():
   with pytest.raises(ValueError, match="smoke"):
     config_lib.get_config("big")
   config = config_lib.get_config("smoke")
-  config.optimizer = "lion"
-  with pytest.raises(ValueError, match="optimizer"):
+  config.optimizer.name = "lamb_v9"
+  with pytest.raises(ValueError, match="optimizer.name"):
     bursty.run(config, "/nonexistent")
 
 
@@ -138,7 +138,8 @@ def test_more_classes_favour_icl_over_iwl(tmp_path):
   config.runs = tuple(r for r in config.runs if r["name"] in ("B4_K128", "B4_K4096"))
   runs = bursty.run(config, str(tmp_path))["runs"]
   few, many = runs["B4_K128"], runs["B4_K4096"]
-  # Measured (seed 0): ICL 0.40 vs 0.84, IWL 0.35 vs 0.05.
+  # Measured (seed 0) with the study's former loop at 1600 steps: ICL 0.40 vs 0.84, IWL 0.35 vs
+  # 0.05; the shared trainer at 2400 steps passes the same bounds.
   assert many["final_icl"] > few["final_icl"] + 0.2
   assert few["final_iwl"] > many["final_iwl"] + 0.15
   # With 128 classes the network memorises: IWL far above the 1/L chance of an unused context.

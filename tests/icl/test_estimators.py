@@ -1,13 +1,18 @@
 """Closed-form checks of the ICL estimators: ZFB formulas, GD steps and the rate search, the SVM."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import optimize
 
+from jaxllm.data import icl_regression as data
 from jaxllm.icl import baselines, closed_forms, gd, svm
-from jaxllm.icl.linear_tasks import sample_linear_prompts
+
+
+def _prompts(seed, batch, num_examples, dim, **kw):
+  """Context x_BND, y_BN and the query xq_BD, yq_B of noiseless linear prompts."""
+  xs, ys, _ = data.sample_prompts(np.random.default_rng(seed), batch, num_examples + 1, dim, **kw)
+  return data.split_query(xs, ys)
 
 
 def _random_spd(rng, d):
@@ -84,7 +89,7 @@ def test_best_one_step_gd_reference_numbers():
 @pytest.mark.parametrize("input_dist,variance,fourth", [("uniform", 1 / 12, 1 / 80),
                                                         ("gaussian", 1.0, 3.0)])
 def test_rate_search_matches_closed_form(input_dist, variance, fourth):
-  x, y, xq, yq, _ = sample_linear_prompts(jax.random.key(0), 60_000, 8, 6, input_dist=input_dist)
+  x, y, xq, yq = _prompts(0, 60_000, 8, 6, input_dist=input_dist)
   rate, loss = gd.best_gd_rate(x, y, xq, yq, 1)
   exact_rate, exact_loss = gd.best_one_step_gd(6, 8, variance, fourth)
   assert rate == pytest.approx(exact_rate, rel=0.03)
@@ -92,7 +97,7 @@ def test_rate_search_matches_closed_form(input_dist, variance, fourth):
 
 
 def test_gd_weights_match_geometric_series():
-  x, y, _, _, _ = sample_linear_prompts(jax.random.key(1), 4, 7, 3)
+  x, y, _, _ = _prompts(1, 4, 7, 3)
   x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
   lr, steps = 0.3, 5
   cov = np.einsum("bnd,bne->bde", x, x) / 7
@@ -106,7 +111,7 @@ def test_gd_weights_match_geometric_series():
 
 
 def test_many_gd_steps_reach_least_squares():
-  x, y, xq, yq, _ = sample_linear_prompts(jax.random.key(2), 16, 12, 4)
+  x, y, xq, yq = _prompts(2, 16, 12, 4)
   xs = np.concatenate([np.asarray(x), np.asarray(xq)[:, None]], 1)
   ys = np.concatenate([np.asarray(y), np.asarray(yq)[:, None]], 1)
   ols = baselines.least_squares(xs, ys)[:, -1]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from experiments.icl import general_purpose as gp
-from jaxllm.data import digits_tasks
+from jaxllm.data import projected_digits
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "icl", "general_purpose.py")
 
@@ -20,26 +20,26 @@ def get_config(arg="smoke"):
 
 
 def test_splits_are_disjoint_and_standardised():
-  xtr, ytr = digits_tasks.digits("train")
-  xte, yte = digits_tasks.digits("test")
+  xtr, ytr = projected_digits.digits("train")
+  xte, yte = projected_digits.digits("test")
   assert len(ytr) + len(yte) == 1797 and xtr.shape[1] == 64
   assert len(yte) == int(1797 * 0.2)
   assert abs(float(np.concatenate([xtr, xte]).std(0).mean()) - 1.0) < 0.3
   with pytest.raises(ValueError, match="split"):
-    digits_tasks.digits("valid")
+    projected_digits.digits("valid")
 
 
 def test_sequences_shift_labels_and_apply_the_task():
-  x, y = digits_tasks.digits("train")
+  x, y = projected_digits.digits("train")
   rng = np.random.default_rng(0)
-  tokens, targets = digits_tasks.sequences(rng, x, y, [3, 3, 8], seed=1, out_dim=16, length=12)
+  tokens, targets = projected_digits.sequences(rng, x, y, [3, 3, 8], seed=1, out_dim=16, length=12)
   assert tokens.shape == (3, 12, 26)
   np.testing.assert_array_equal(tokens[:, 0, 16:], 0.0)  # no label before the first example
   np.testing.assert_array_equal(tokens[:, 1:, 16:].argmax(-1), targets[:, :-1])
   np.testing.assert_array_equal(tokens[:, 1:, 16:].sum(-1), 1.0)
   # The same task id gives the same projection and permutation; a different id another one.
-  p3, perm3 = digits_tasks.task(1, 3, 64, 16)
-  p8, _ = digits_tasks.task(1, 8, 64, 16)
+  p3, perm3 = projected_digits.task(1, 3, 64, 16)
+  p8, _ = projected_digits.task(1, 8, 64, 16)
   assert np.abs(p3 - p8).max() > 0.1
   np.testing.assert_array_equal(np.sort(perm3), np.arange(10))
   # Inputs are projections of real digits: each token lies on its task's projected image set.
@@ -51,30 +51,30 @@ def test_sequences_shift_labels_and_apply_the_task():
 
 
 def test_sequences_use_distinct_images_and_apply_the_label_permutation():
-  x, y = digits_tasks.digits("test")
+  x, y = projected_digits.digits("test")
   rng = np.random.default_rng(1)
-  tokens, targets = digits_tasks.sequences(rng, x, y, [5, 6], seed=2, out_dim=64, length=40)
+  tokens, targets = projected_digits.sequences(rng, x, y, [5, 6], seed=2, out_dim=64, length=40)
   for r, t in enumerate([5, 6]):
-    proj, perm = digits_tasks.task(2, t, 64, 64)
+    proj, perm = projected_digits.task(2, t, 64, 64)
     # A 64 -> 64 Gaussian projection is invertible: recover which images the row used.
     idx = np.linalg.norm((x @ proj)[None] - tokens[r, :, None, :64], axis=-1).argmin(1)
     assert len(set(idx.tolist())) == 40  # distinct images within a sequence
     np.testing.assert_array_equal(targets[r], perm[y[idx]])  # label permutation applied
     assert (perm != np.arange(10)).any()
   with pytest.raises(ValueError, match="length"):
-    digits_tasks.sequences(rng, x, y, [0], seed=2, out_dim=8, length=len(y) + 1)
+    projected_digits.sequences(rng, x, y, [0], seed=2, out_dim=8, length=len(y) + 1)
 
 
 def test_unseen_task_ids_are_outside_every_training_pool():
   rng = np.random.default_rng(0)
-  pool = digits_tasks.train_task_ids(rng, 2**24, 10_000)
+  pool = projected_digits.train_task_ids(rng, 2**24, 10_000)
   assert pool.min() >= 0 and pool.max() < 2**24
   assert len(np.unique(pool)) > 9_900  # a large pool is sampled broadly
-  np.testing.assert_array_equal(digits_tasks.train_task_ids(rng, 1, 5), 0)
-  unseen = digits_tasks.unseen_task_ids(100)
-  assert unseen.min() >= digits_tasks.UNSEEN_TASK_OFFSET and len(np.unique(unseen)) == 100
+  np.testing.assert_array_equal(projected_digits.train_task_ids(rng, 1, 5), 0)
+  unseen = projected_digits.unseen_task_ids(100)
+  assert unseen.min() >= projected_digits.UNSEEN_TASK_OFFSET and len(np.unique(unseen)) == 100
   with pytest.raises(ValueError, match="num_tasks"):
-    digits_tasks.train_task_ids(rng, 0, 3)
+    projected_digits.train_task_ids(rng, 0, 3)
 
 
 def test_accuracy_by_position_on_a_hand_checked_case():
@@ -91,7 +91,7 @@ def _rows_on_image_set(tokens, images, seed, task_ids, dim):
   """Whether every token of every row is a projection (by its row's task) of one of ``images``."""
   out = []
   for row, t in zip(tokens, task_ids):
-    proj, _ = digits_tasks.task(seed, int(t), 64, dim)
+    proj, _ = projected_digits.task(seed, int(t), 64, dim)
     d = np.linalg.norm((images @ proj)[None] - row[:, None, :dim], axis=-1).min(1)
     out.append(bool((d < 1e-3).all()))
   return out
@@ -101,9 +101,9 @@ def test_evaluation_splits_keep_unseen_tasks_and_test_images_apart():
   config = get_config()
   config.eval.num_sequences = 6
   dim = config.task.proj_dim
-  x_train, _ = digits_tasks.digits("train")
-  x_test, _ = digits_tasks.digits("test")
-  unseen_ids = digits_tasks.unseen_task_ids(6)
+  x_train, _ = projected_digits.digits("train")
+  x_test, _ = projected_digits.digits("test")
+  unseen_ids = projected_digits.unseen_task_ids(6)
   tokens, targets = gp.eval_sequences(config, 16, "unseen_tasks")
   assert tokens.shape == (6, config.task.length, dim + 10) and targets.shape == tokens.shape[:2]
   assert all(_rows_on_image_set(tokens, x_test, config.seed, unseen_ids, dim))
@@ -146,16 +146,16 @@ def test_unknown_config_arg_names_the_allowed_ones():
 
 
 def test_images_per_row_makes_images_recur_within_a_sequence():
-  x, y = digits_tasks.digits("train")
+  x, y = projected_digits.digits("train")
   rng = np.random.default_rng(3)
-  tokens, _ = digits_tasks.sequences(rng, x, y, [0, 1], seed=0, out_dim=64, length=30,
-                                     images_per_row=12)
+  tokens, _ = projected_digits.sequences(rng, x, y, [0, 1], seed=0, out_dim=64, length=30,
+                                         images_per_row=12)
   for r in range(2):
-    proj, _ = digits_tasks.task(0, r, 64, 64)
+    proj, _ = projected_digits.task(0, r, 64, 64)
     idx = np.linalg.norm((x @ proj)[None] - tokens[r, :, None, :64], axis=-1).argmin(1)
     assert len(set(idx.tolist())) <= 12
   with pytest.raises(ValueError, match="images_per_row"):
-    digits_tasks.sequences(rng, x, y, [0], seed=0, out_dim=8, length=5, images_per_row=0)
+    projected_digits.sequences(rng, x, y, [0], seed=0, out_dim=8, length=5, images_per_row=0)
 
 
 @pytest.mark.slow

@@ -12,22 +12,6 @@ from experiments.icl import higher_order
 from tests.icl import figure_scripts
 
 
-def test_conditioned_inputs_have_the_requested_spectrum():
-  rng = np.random.default_rng(0)
-  xs = rng.standard_normal((4, 20000, 6)).astype(np.float32)
-  out = higher_order.conditioned_inputs(rng, xs, 100.0)
-  for x in out:
-    eig = np.sort(np.linalg.eigvalsh(x.T @ x / len(x)))[::-1]
-    np.testing.assert_allclose(eig, np.geomspace(1.0, 0.01, 6), rtol=0.05)
-  assert higher_order.conditioned_inputs(rng, xs, 1.0) is xs
-  curriculum_xs = xs[:, :10].copy()
-  curriculum_xs[..., 3:] = 0.0  # inactive coordinates (curriculum) stay zero
-  part = higher_order.conditioned_inputs(rng, curriculum_xs, 10.0, active_dims=3)
-  assert not part[..., 3:].any() and not np.allclose(part[..., :3], curriculum_xs[..., :3])
-  with pytest.raises(ValueError, match="condition_number"):
-    higher_order.conditioned_inputs(rng, xs, 0.5)
-
-
 def test_algorithm_errors_end_at_least_squares_and_gd_lags():
   rng = np.random.default_rng(1)
   xs, ys = higher_order.test_prompts(rng, 300, 11, 5, 1.0)

@@ -14,10 +14,8 @@ from tests.icl import figure_scripts
 def results(tmp_path_factory):
   config = config_lib.get_config("smoke")
   # A non-isotropic Lambda makes Gamma^-1 differ from both Lambda^-1 and a multiple of I.
-  config.covariance_diag = (1.5, 1.0, 1.0, 1.0, 0.75)
-  config.eval_prompts = 6000
-  config.eval_lengths = (20, 320)
-  config.covariate_scales = (2.0,)
+  config.task.covariance_diag = (1.5, 1.0, 1.0, 1.0, 0.75)
+  config.eval.update(num_prompts=6000, eval_lengths=(20, 320), covariate_scales=(2.0,))
   return lsa_closed_form.run(config, str(tmp_path_factory.mktemp("lsa_closed_form")))
 
 
@@ -54,7 +52,7 @@ def test_config_validation():
   with pytest.raises(ValueError, match="smoke"):
     config_lib.get_config("tiny")
   config = config_lib.get_config("smoke")
-  config.dim = 3
+  config.task.n_dims = 3
   with pytest.raises(ValueError, match="covariance_diag"):
     lsa_closed_form.run(config, "/nonexistent")
 

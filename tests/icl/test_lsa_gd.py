@@ -11,11 +11,9 @@ from tests.icl import figure_scripts
 
 def _config(num_layers):
   config = config_lib.get_config("smoke")
-  config.num_layers = num_layers
-  config.gd_steps_reported = (1,)
-  config.batch_size = 256
-  config.eval_prompts = 2000
-  config.rate_search_prompts = 10000
+  config.model.num_layers = num_layers
+  config.train.batch_size = 256
+  config.eval.update(gd_steps=(1,), num_prompts=2000, rate_search_prompts=10000)
   return config
 
 
@@ -38,15 +36,17 @@ def test_one_layer_lsa_reaches_best_gd_step_loss(one_layer):
 def test_one_layer_lsa_predictions_match_gd_not_ols(one_layer):
   assert one_layer["pred_diff_gd"] < 0.02 * one_layer["pred_diff_ols"]
   assert one_layer["sensitivity_cos_gd"] > 0.99
-  assert one_layer["sensitivity_cos_ols"] < 0.5
+  # One GD step's own direction X^T y has cosine 0.73 to least squares' w at N = d = 10 with
+  # uniform inputs (4000 prompts); the trained layer measures 0.73 too (0.725 before the shared
+  # trainer), well below its cosine to GD.
+  assert one_layer["sensitivity_cos_ols"] < 0.8
 
 
 @pytest.mark.slow
 def test_two_layers_do_at_least_as_well_as_two_gd_steps(tmp_path):
   config = _config((2,))
-  config.gd_steps_reported = (1, 2)
-  config.batch_size = 512
-  config.num_steps = 3000
+  config.eval.gd_steps = (1, 2)
+  config.train.update(batch_size=512, steps=3000)
   model = lsa_gd.run(config, str(tmp_path))["models"]["2"]
   assert model["loss"] < 1.05 * model["gd_loss"]
   assert model["sensitivity_cos_gd"] > 0.9
@@ -56,7 +56,7 @@ def test_config_validation():
   with pytest.raises(ValueError, match="smoke"):
     config_lib.get_config("full")
   config = config_lib.get_config("smoke")
-  config.input_dist = "laplace"
+  config.task.input_dist = "laplace"
   with pytest.raises(ValueError, match="input_dist"):
     lsa_gd.run(config, "/nonexistent")
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from experiments.icl.higher_order import conditioned_inputs
-from jaxllm.icl import newton
+from jaxllm.icl import baselines, newton
+from jaxllm.icl.regression_task import conditioned_inputs
 
 
 def _prompts(seed, batch, n, d, kappa=1.0):
@@ -31,13 +31,13 @@ def test_first_iterations_follow_the_recursion():
 def test_converges_to_the_pseudo_inverse_solution(n):
   xs, ys = _prompts(1, 5, n, 6)
   w_pinv = np.stack([np.linalg.pinv(x) @ y for x, y in zip(xs, ys)])
-  np.testing.assert_allclose(newton.least_squares_weights(xs, ys), w_pinv, atol=1e-10)
+  np.testing.assert_allclose(baselines.least_squares_weights(xs, ys), w_pinv, atol=1e-10)
   np.testing.assert_allclose(newton.newton_weights(xs, ys, 40)[-1], w_pinv, atol=1e-8)
 
 
 def test_newton_needs_about_14_iterations_and_gd_hundreds_at_d20_n40():
   xs, ys = _prompts(2, 100, 40, 20)
-  w_star = newton.least_squares_weights(xs, ys)
+  w_star = baselines.least_squares_weights(xs, ys)
   iters = newton.iterations_to_reach(newton.newton_weights(xs, ys, 40), w_star, 1e-2)
   assert 10 <= iters <= 16  # Fu et al.: 13-15 at condition number 1
   gd = lambda t: newton.gd_unnormalised_weights(xs, ys, 0.01, t)[None]  # noqa: E731
@@ -49,8 +49,8 @@ def test_ill_conditioning_costs_newton_a_few_iterations_and_stalls_gd():
   xs1, ys1 = _prompts(3, 100, 40, 20, 1.0)
   xs100, ys100 = _prompts(3, 100, 40, 20, 100.0)
   it1 = newton.iterations_to_reach(newton.newton_weights(xs1, ys1, 60),
-                                   newton.least_squares_weights(xs1, ys1), 1e-2)
-  w100 = newton.least_squares_weights(xs100, ys100)
+                                   baselines.least_squares_weights(xs1, ys1), 1e-2)
+  w100 = baselines.least_squares_weights(xs100, ys100)
   it100 = newton.iterations_to_reach(newton.newton_weights(xs100, ys100, 60), w100, 1e-2)
   # Newton's start grows with log(condition number): a handful more iterations, not 100 times more.
   assert it1 + 3 <= it100 <= it1 + 12

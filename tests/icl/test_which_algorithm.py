@@ -9,11 +9,10 @@ from flax import nnx
 
 from configs.icl import which_algorithm as wa_config
 from experiments.icl import which_algorithm
-from experiments.icl.linear_regression import LinearRegressionTask
 from jaxllm.data import icl_regression as data
 from jaxllm.icl import baselines, gd
 from jaxllm.icl import implicit_weights as iw
-from jaxllm.icl.newton import least_squares_weights
+from jaxllm.icl.regression_task import LinearRegressionTask
 from tests.icl import figure_scripts
 
 
@@ -34,19 +33,20 @@ def test_spd_and_ilwd_hand_values():
 
 def test_ridge_weights_closed_form_and_prefix_baselines():
   x = np.eye(3)[None]  # X = I: w = X^T y / (1 + lam)
-  np.testing.assert_allclose(iw.ridge_weights(x, np.array([[2.0, -1.0, 4.0]]), 1.0),
+  np.testing.assert_allclose(baselines.ridge_weights(x, np.array([[2.0, -1.0, 4.0]]), 1.0),
                              [[1.0, -0.5, 2.0]])
   xs, ys = prompts(0, noise_std=0.5)
-  w_ridge = iw.weights_by_prefix(xs, ys, lambda x, y: iw.ridge_weights(x, y, 0.25))
+  w_ridge = iw.weights_by_prefix(xs, ys, lambda x, y: baselines.ridge_weights(x, y, 0.25))
   assert not w_ridge[:, 0].any()
   np.testing.assert_allclose(iw.predictions(xs, w_ridge), baselines.ridge(xs, ys, 0.25),
                              atol=1e-10)
-  np.testing.assert_allclose(iw.predictions(xs, iw.weights_by_prefix(xs, ys, least_squares_weights)),
+  w_ols = iw.weights_by_prefix(xs, ys, baselines.least_squares_weights)
+  np.testing.assert_allclose(iw.predictions(xs, w_ols),
                              baselines.least_squares(xs, ys), atol=1e-8)
   with pytest.raises(ValueError, match="lam must be positive"):
-    iw.ridge_weights(x, np.ones((1, 3)), 0.0)
+    baselines.ridge_weights(x, np.ones((1, 3)), 0.0)
   with pytest.raises(ValueError, match=r"xs \[B, K, d\]"):
-    iw.weights_by_prefix(xs[0], ys[0], least_squares_weights)
+    iw.weights_by_prefix(xs[0], ys[0], baselines.least_squares_weights)
 
 
 def test_one_gd_step_is_rescaled_averaging_with_the_closed_form_best_rate():
@@ -73,7 +73,7 @@ def test_gd_by_prefix_matches_gd_weights_and_reaches_min_norm_least_squares():
     np.testing.assert_allclose(w_3[:, k], gd.gd_weights(xs[:, :k], ys[:, :k], rates[k], 3),
                                atol=1e-5)
   w_gd = iw.gd_weights_by_prefix(xs, ys, rates, 5000)
-  w_ols = iw.weights_by_prefix(xs, ys, least_squares_weights)
+  w_ols = iw.weights_by_prefix(xs, ys, baselines.least_squares_weights)
   # From w = 0, GD stays in the row space of X, so below k = d it also lands on the min-norm one
   # (k = d, d + 1 are left out: there the smallest eigenvalue of C_k makes convergence slow).
   ks = [1, 2, 6, 7]
@@ -85,9 +85,9 @@ def test_gd_by_prefix_matches_gd_weights_and_reaches_min_norm_least_squares():
 
 def test_implicit_weights_recover_linear_predictors_and_drop_even_terms():
   xs, ys = prompts(3, b=50, k=7, d=3, noise_std=0.3)
-  w_true = iw.weights_by_prefix(xs, ys, lambda x, y: iw.ridge_weights(x, y, 0.09))
+  w_true = iw.weights_by_prefix(xs, ys, lambda x, y: baselines.ridge_weights(x, y, 0.09))
   linear = lambda x, y: iw.predictions(  # noqa: E731
-      x, iw.weights_by_prefix(x, y, lambda a, b: iw.ridge_weights(a, b, 0.09)))
+      x, iw.weights_by_prefix(x, y, lambda a, b: baselines.ridge_weights(a, b, 0.09)))
   probes = np.random.default_rng(4).standard_normal((12, 3))
   np.testing.assert_allclose(iw.implicit_weights(linear, xs, ys, probes), w_true, atol=1e-9)
   # With probes q and -q, an offset and |x|^2 are orthogonal to every linear function: the fit

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs.icl import linear_regression as lr_config
-from experiments.icl.linear_regression import LinearRegressionTask
+from jaxllm.icl.regression_task import LinearRegressionTask
 from jaxllm.train import loop
 from jaxllm.train.checkpoint import CheckpointError
 from jaxllm.train.metrics import read_metrics

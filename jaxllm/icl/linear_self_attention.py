@@ -1,4 +1,6 @@
-"""Linear self-attention (LSA) models for in-context linear regression.
+"""Linear self-attention (LSA) models for in-context linear regression, the models of the LSA studies
+(experiments/icl/lsa_gd.py after von Oswald et al. 2023, experiments/icl/lsa_closed_form.py after
+Zhang, Frei and Bartlett 2023).
 
 Tokens are e_i = (x_i, y_i) in R^(d+1) for the N context examples and (x_q, 0) for the query, laid out
 token-major as e_BTD with the query last (T = N + 1, D = d + 1).

@@ -1,4 +1,5 @@
-"""Reddy's (2023) minimal network for bursty in-context classification.
+"""The attention-only classifier of the bursty-sequences study (Reddy 2023, experiments/icl/bursty.py):
+his minimal network for bursty in-context classification.
 
 Two single-head causal softmax attention layers with residual connections (no MLPs between them),
 then a 3-layer ReLU classifier on the final (query) token. A first-layer "previous token" head and a
@@ -35,7 +36,7 @@ class CausalAttention(nnx.Module):
     return rows + jnp.einsum("bts,bsd->btd", probs_BTS.astype(self.dtype), v), probs_BTS
 
 
-class BurstyClassifier(nnx.Module):
+class AttentionOnlyClassifier(nnx.Module):
   """Two attention layers + a 3-layer ReLU MLP on the last token; returns float32 label logits."""
 
   def __init__(self, dim: int, num_labels: int, hidden: int = 128, *, dtype=jnp.float32,
