@@ -49,12 +49,12 @@ def load_or_train(lm_workdir: str, *, config_arg="smoke", steps=None, progress=F
   return train(c, lm_workdir, task, progress=progress).model, task
 
 
-def text_tokens(task, length: int, *, batch: int = 1, seed: int = 0):
-  """int32 [B, length] byte windows of the task's held-out text."""
-  data = task.eval_bytes
+def text_tokens(task, length: int, *, batch: int = 1, seed: int = 0, max_tokens: int = 1 << 20):
+  """int32 [B, length] windows of the task's held-out text (its validation documents)."""
+  from jaxllm.data import pipeline  # pylint: disable=g-import-not-at-top
+  data = pipeline.held_out_tokens(task.data, max_tokens)
   if len(data) <= length:
-    raise ValueError(f"capture: held-out text has {len(data)} bytes, fewer than length={length}; "
-                     "raise text.max_bytes in the config")
+    raise ValueError(f"capture: held-out text has {len(data)} tokens, fewer than length={length}")
   start = np.random.default_rng(seed).integers(0, len(data) - length, size=batch)
   return jnp.asarray(np.stack([data[s:s + length] for s in start]).astype(np.int32))
 

@@ -9,6 +9,7 @@ from flax import nnx
 
 from jaxllm import attention as attn_api
 from jaxllm.attention import registry
+from jaxllm.attention.sparse import patterns
 from jaxllm.inference import decode
 from jaxllm.inference.policies import Policy
 from tests.inference import helpers
@@ -58,7 +59,7 @@ def _block_band(q, k, v, *, impl="auto", causal=True, window=None):
   blocks (all of them for None). ``window`` counts blocks of the pattern, not a decoding mask:
   registered with the default, dense-over-the-whole-cache decoding."""
   t, s = q.shape[1], k.shape[1]
-  mask = bs_masks.visible_blocks(t, s, block_q=8, block_k=8, causal=causal)
+  mask = patterns.visible_blocks(t, s, block_q=8, block_k=8, causal=causal)
   if window is not None:
     qb, kb = np.arange(mask.shape[0])[:, None], np.arange(mask.shape[1])[None]
     mask = mask & jnp.asarray(qb - kb < window)
