@@ -50,8 +50,8 @@ from jaxllm.eval import attention_fidelity, planted
 print("registered methods:", ", ".join(sorted(METHODS)))
 q, k, v, _ = planted.planted_qkv(0, length=256, head_dim=64)
 print("q", q.shape, "k", k.shape)
-for name in ("dense", "sink_window", "linear"):
-  print(f"{name:12s} output", attention(q, k, v, method=name, impl="xla").shape)
+for name, opts in (("dense", {}), ("sink_window", {"sinks": 4, "window": 64}), ("linear", {})):
+  print(f"{name:12s} output", attention(q, k, v, method=name, impl="xla", **opts).shape)
 
 # %% [markdown]
 # The harness, one row per method: a method at full budget has recall 1 and zero error; the
