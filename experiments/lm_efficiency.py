@@ -93,8 +93,11 @@ class TextTask:
   """Language modelling on a text corpus through ``jaxllm.data.pipeline`` (``config.text``).
 
   Packed rows score only targets inside their own document (``mask``); ``data_state`` /
-  ``restore_data_state`` carry the grain iterator's state through checkpoints.
+  ``restore_data_state`` carry the grain iterator's state through checkpoints. Each process reads
+  its own slice of the global batch (``host_local_batches``).
   """
+
+  host_local_batches = True
 
   def __init__(self, config, model_cfg: dict):
     self.batch_size, self.seed = int(config.train.batch_size), int(config.seed)

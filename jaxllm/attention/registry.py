@@ -24,8 +24,10 @@ IMPLS = ("xla", "pallas", "auto")
 #   sparse: softmax over the subset of the cache that the method's ``window`` / ``sinks`` options
 #     leave visible (the whole cache without a window), read through the sparse-decode kernel with
 #     ``impl='pallas'``.
+#   momentum: ``dense`` plus the decayed sum of past values (momentum attention), carried as a
+#     [B, Hkv, D] state next to the KV cache.
 # None: the method has no cached decoding.
-DECODES = ("dense", "recurrent", "sparse", None)
+DECODES = ("dense", "recurrent", "sparse", "momentum", None)
 
 
 @dataclasses.dataclass(frozen=True)

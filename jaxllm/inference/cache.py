@@ -146,6 +146,41 @@ class KVPrefill:
 
 
 @flax.struct.dataclass
+class MomentumPrefill:
+  """Momentum attention's prefill: the KV cache of its softmax part, plus the decayed value sum
+  S = sum_i eta^(L-1-i) v_i at each row's last prompt token."""
+  kv: KVPrefill
+
+  def attend(self, q, k, v, positions, *, method, impl, options):
+    o, kv = self.kv.attend(q, k, v, positions, method=method, impl=impl, options=options)
+    eta = float(options["eta"])
+    lengths = self.kv.lengths
+    age = (lengths[:, None] - 1 - jnp.arange(v.shape[1])[None]).astype(jnp.float32)  # [B, T]
+    w = jnp.where(age >= 0, eta ** jnp.maximum(age, 0.0), 0.0)  # padding after L: weight 0
+    s = jnp.einsum("bt,btkd->bkd", w, v.astype(jnp.float32))
+    return o, MomentumLayer(kv, s, eta)
+
+
+@flax.struct.dataclass
+class MomentumLayer:
+  """A KV cache plus momentum attention's state: o_t = softmax part + eta S_{t-1},
+  S_t = eta S_{t-1} + v_t (``jaxllm.attention.methods.linear.momentum``)."""
+  kv: "KVLayer"
+  s: jax.Array  # float32 [B, Hkv, D]
+  eta: float = flax.struct.field(pytree_node=False)
+
+  @property
+  def attended(self):
+    return self.kv.attended
+
+  def attend(self, q, k, v, positions, *, method, impl, options):
+    o, kv = self.kv.attend(q, k, v, positions, method=method, impl=impl, options=options)
+    mom = linear_apply.expand_kv((self.eta * self.s)[:, None], q.shape[2])  # [B, 1, H, D]
+    o = (o.astype(jnp.float32) + mom).astype(q.dtype)
+    return o, self.replace(kv=kv, s=self.eta * self.s + v[:, 0].astype(jnp.float32))
+
+
+@flax.struct.dataclass
 class KVLayer:
   """A filled KV cache; ``attend`` is one decode step (T = 1)."""
   k: jax.Array  # [B, S, Hkv, D], rotary positions applied

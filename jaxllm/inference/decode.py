@@ -106,8 +106,11 @@ def forward_with_mask(model, tokens_BT, visible):
 
 
 def _empty(model, policy: Policy, lengths, slots):
-  if attn_api.get(model.cfg.attention).decode == "recurrent":
+  rule = attn_api.get(model.cfg.attention).decode
+  if rule == "recurrent":
     return cache_lib.StatePrefill(lengths)
+  if rule == "momentum":
+    return cache_lib.MomentumPrefill(cache_lib.KVPrefill(lengths, policy, slots))
   return cache_lib.KVPrefill(lengths, policy, slots)
 
 

@@ -13,6 +13,7 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -172,6 +173,20 @@ def train(config, workdir: str, task, *, total_steps: int | None = None,
   with_data = _data_hooks(task)
   with workdir_lib.lock(workdir):
     return _train(config, workdir, task, total, ckpt_every, log_every, with_data, progress)
+
+
+def _place_batch(batch, plan, host_local: bool):
+  """The batch on the mesh. A task whose ``batch(step)`` returns only this host's rows
+  (``host_local_batches = True``, e.g. the text pipeline's per-host slice) gets global arrays
+  assembled from every process's rows; otherwise every process holds the whole batch."""
+  procs = jax.process_count()
+  if not host_local or procs == 1:
+    return jax.device_put(batch, plan.batch_sharding(batch))
+  global_shapes = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((np.shape(x)[0] * procs,) + np.shape(x)[1:], np.asarray(x).dtype)
+      if np.ndim(x) else x, batch)
+  return jax.tree.map(lambda x, sh: jax.make_array_from_process_local_data(sh, np.asarray(x)),
+                      batch, plan.batch_sharding(global_shapes))
 
 
 def initial_params(params: dict, init_from: str) -> dict:
@@ -336,7 +351,7 @@ def _run(config, workdir, task, total, ckpt_every, log_every, with_data, progres
       for step in range(start, total):
         batch = task.batch(step)
         if plan is not None:
-          batch = jax.device_put(batch, plan.batch_sharding(batch))
+          batch = _place_batch(batch, plan, getattr(task, "host_local_batches", False))
         state, dev_metrics = step_fn(state, batch)
         drain()
         pending = (step + 1, dev_metrics)

@@ -25,6 +25,9 @@ class Task(Protocol):
     the model, tagged with the step. On resume from that checkpoint the loop passes the dict to
     ``restore_data_state`` before it asks for ``batch(step)``. A checkpoint whose stored step
     differs from its own is treated as corrupt.
+  * ``host_local_batches = True``: ``batch(step)`` returns only this process's rows (a per-host
+    slice of the global batch); in a multi-process run the loop assembles global arrays from every
+    process's rows. Without it every process returns the whole global batch.
   """
 
   def init_model(self, rngs: nnx.Rngs) -> nnx.Module:

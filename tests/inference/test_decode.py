@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxllm import attention as attn_api
+from jaxllm.attention import registry as attn_registry
 from jaxllm.inference import decode, policies
 from jaxllm.inference.policies import Policy
 from tests.inference import helpers
@@ -183,9 +185,12 @@ def test_bad_input_is_refused_with_the_field_name():
     decode.generate(model, jnp.array([1, 2]), 2)
   with pytest.raises(ValueError, match="max_len=64"):
     decode.generate(_model("gpt2"), _prompt(1, 60), 10)
-  with pytest.raises(ValueError, match="model.attention='momentum' has no cached decoding"):
-    decode.generate(_model("llama", attention="momentum", attention_options={"eta": 0.5}),
-                    _prompt(1, 3), 2)
+  attn_api.register("test_undecodable", attn_api.get("dense").fn, decode=None)
+  try:
+    with pytest.raises(ValueError, match="model.attention='test_undecodable' has no cached"):
+      decode.generate(_model("llama", attention="test_undecodable"), _prompt(1, 3), 2)
+  finally:
+    attn_registry._REGISTRY.pop("test_undecodable")
 
 
 def test_teacher_forced_scoring_matches_the_forward_and_the_generation_path():

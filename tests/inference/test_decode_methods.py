@@ -32,6 +32,7 @@ def _model(style="llama", **kw):
     ("streaming", {"window": 3, "sinks": 2}, 2e-5),
     ("linear", {"chunk_size": 4}, 1e-4),  # normalised elu+1 features: a ratio of float32 sums
     ("lightning", {"chunk_size": 4}, 2e-5),  # per-layer decay: layer_index reaches the state
+    ("momentum", {"eta": 0.7, "chunk_size": 4}, 2e-5),  # KV cache + decayed value sum
 ])
 def test_each_method_prefill_then_decode_equals_its_full_forward(attention, options, tol):
   """Windowed softmax decodes exactly over the cache, the linear family exactly by its recurrent
@@ -47,9 +48,9 @@ def test_each_method_prefill_then_decode_equals_its_full_forward(attention, opti
 
 def test_decode_rules_are_registered_per_method():
   get = lambda n: attn_api.get(n).decode
-  assert [get(n) for n in ("dense", "block_sparse", "sliding_window", "linear", "retention")] == [
-      "sparse", "dense", "sparse", "recurrent", "recurrent"]
-  assert get("momentum") is None
+  assert [get(n) for n in ("dense", "block_sparse", "sliding_window", "linear", "retention",
+                           "momentum")] == [
+      "sparse", "dense", "sparse", "recurrent", "recurrent", "momentum"]
   with pytest.raises(ValueError, match="decode='paged' unknown"):
     attn_api.register("bad_decode", attn_api.get("dense").fn, decode="paged")
 
@@ -91,12 +92,13 @@ def test_a_sparse_prefill_method_then_dense_decoding(sparse_prefill_method):
   np.testing.assert_allclose(got[:, 1:], ref[:, 1:], atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("style,kv_heads,attention", [
-    ("gpt2", 2, "dense"),  # a KV cache, learned positions per row, GQA
-    ("llama", 4, "retention"),  # a recurrent state at each row's own length, rotary per row, MHA
+@pytest.mark.parametrize("style,kv_heads,attention,options", [
+    ("gpt2", 2, "dense", {}),  # a KV cache, learned positions per row, GQA
+    ("llama", 4, "retention", {}),  # a recurrent state at each row's own length, rotary, MHA
+    ("llama", 2, "momentum", {"eta": 0.6}),  # the value sum stops at each row's own length
 ])
-def test_a_ragged_batch_decodes_each_row_as_if_alone(style, kv_heads, attention):
-  model = _model(style, num_kv_heads=kv_heads, attention=attention)
+def test_a_ragged_batch_decodes_each_row_as_if_alone(style, kv_heads, attention, options):
+  model = _model(style, num_kv_heads=kv_heads, attention=attention, attention_options=options)
   rows = [_prompt(1, n, seed=10 + n)[0] for n in (7, 3, 5)]
   lengths = np.array([len(r) for r in rows])
   right = jnp.stack([jnp.pad(r, (0, 7 - len(r)), constant_values=VOCAB - 1) for r in rows])

@@ -94,4 +94,4 @@ def momentum(q, k, v, *, impl="auto", causal=True, eta=None, form="chunked", chu
 register("linear", linear, impls=("xla", "pallas", "auto"), decode="recurrent")
 register("lightning", lightning, impls=("xla", "pallas", "auto"), decode="recurrent")
 register("retention", retention, impls=("xla", "pallas", "auto"), decode="recurrent")
-register("momentum", momentum, impls=("xla", "auto"), decode=None)
+register("momentum", momentum, impls=("xla", "auto"), decode="momentum")
