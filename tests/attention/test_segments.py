@@ -43,14 +43,15 @@ def _documents(segment_ids):
 
 
 def _assert_packed_equals_alone(packed, alone_fn, q, k, v, atol, first_only=False):
-  """``packed`` [B, T, ...] equals ``alone_fn(q, k, v)`` run on every document by itself (only
-  on the documents that open a row with ``first_only``)."""
+  """``packed`` [B, T, ...] (or a list of such) equals ``alone_fn(q, k, v)`` run on every
+  document by itself (only on the documents that open a row with ``first_only``)."""
   for r, lo, hi in _documents(_segment_ids()):
     if first_only and lo:
       continue
     alone = alone_fn(q[r:r + 1, lo:hi], k[r:r + 1, lo:hi], v[r:r + 1, lo:hi])
-    np.testing.assert_allclose(np.asarray(packed[r:r + 1, lo:hi], np.float32),
-                               np.asarray(alone, np.float32), atol=atol, rtol=0)
+    for out in packed if isinstance(packed, list) else [packed]:
+      np.testing.assert_allclose(np.asarray(out[r:r + 1, lo:hi], np.float32),
+                                 np.asarray(alone, np.float32), atol=atol, rtol=0)
 
 
 def test_visible_with_segments_matches_the_data_side_visibility():
@@ -153,12 +154,11 @@ LINEAR = [("linear", {}), ("retention", {}),
 def test_linear_methods_packed_row_equals_documents_alone(method, opts):
   q, k, v = _qkv()
   seg = _segment_ids()
-  for form in forms.FORMS:
-    out = attn_api.attention(q, k, v, method=method, form=form, chunk_size=8, segment_ids=seg,
-                             **opts)
-    _assert_packed_equals_alone(
-        out, lambda *a: attn_api.attention(*a, method=method, form="parallel", **opts),
-        q, k, v, atol=1e-5)
+  outs = [attn_api.attention(q, k, v, method=method, form=form, chunk_size=8, segment_ids=seg,
+                             **opts) for form in forms.FORMS]
+  _assert_packed_equals_alone(
+      outs, lambda *a: attn_api.attention(*a, method=method, form="parallel", **opts),
+      q, k, v, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -42,7 +42,8 @@ def _check_documents_alone(model, atol):
 
 
 @pytest.mark.parametrize("extra", [
-    dict(style="llama", num_kv_heads=2, attention_impl="xla"),
+    pytest.param(dict(style="llama", num_kv_heads=2, attention_impl="xla"),
+                 marks=pytest.mark.slow),
     dict(style="llama", num_kv_heads=2),  # impl auto: the blocked path on CPU
     pytest.param(dict(style="gpt2"), marks=pytest.mark.slow),  # as in the positions test
     dict(style="llama", attention="sliding_window",
@@ -77,6 +78,7 @@ def test_positions_restart_per_document():
   np.testing.assert_allclose(np.asarray(unrestarted[0, :9]), np.asarray(packed[0, :9]), atol=1e-6)
 
 
+@pytest.mark.slow  # the attention-level gradients run in tests/attention/test_segments.py
 def test_gradients_equal_documents_alone():
   model = build(dict(SMALL, style="llama", num_kv_heads=2, num_layers=2), rngs=nnx.Rngs(0))
   tokens, seg, pos = _packed_batch(seed=1)
