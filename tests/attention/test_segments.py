@@ -218,3 +218,15 @@ def test_methods_that_cannot_honour_segment_ids_refuse_them():
     attn_api.attention(q, k, v, segment_ids=seg[:, :-1])
   with pytest.raises(ValueError, match="segment_ids must be an integer array"):
     attn_api.attention(q, k, v, segment_ids=seg.astype(jnp.float32))
+
+
+def test_splash_takes_segment_ids_interpreted():
+  from jaxllm.attention import splash  # pylint: disable=g-import-not-at-top
+  from jaxllm.attention.methods import dense  # pylint: disable=g-import-not-at-top
+  key = jax.random.key(2)
+  q, k, v = (jax.random.normal(jax.random.fold_in(key, i), (1, 256, 2, 128)) for i in range(3))
+  seg = jnp.asarray(np.repeat([1, 2, 3], [100, 100, 56])[None], jnp.int32)
+  got = splash.splash_dense(q, k, v, causal=True, scale=128 ** -0.5, interpret=True,
+                            segment_ids=seg)
+  np.testing.assert_allclose(np.asarray(got), np.asarray(dense.reference(q, k, v, segment_ids=seg)),
+                             atol=1e-5)
