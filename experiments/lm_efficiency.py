@@ -39,7 +39,8 @@ _EVAL_STREAM = 10**9  # seeds evaluation draws apart from every training step's
 
 
 def _masked_ce(model, batch):
-  logits = model(batch["tokens"][:, :-1])
+  packed = {name: batch[name][:, :-1] for name in ("segment_ids", "positions") if name in batch}
+  logits = model(batch["tokens"][:, :-1], **packed)
   targets = batch["tokens"][:, 1:]
   mask = batch["mask"].astype(jnp.float32)
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)

@@ -37,6 +37,7 @@ class Method:
   impls: tuple[str, ...]
   options: tuple[str, ...]
   decode: str | None = "dense"
+  segments: bool = False  # takes ``segment_ids`` (packed rows)
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -57,8 +58,9 @@ def register(name: str, fn: Callable, impls: tuple[str, ...] = ("xla", "auto"),
   params = inspect.signature(fn).parameters
   options = tuple(
       p for p, spec in params.items()
-      if spec.kind is inspect.Parameter.KEYWORD_ONLY and p not in ("impl", "causal"))
-  _REGISTRY[name] = Method(name, fn, tuple(impls), options, decode)
+      if spec.kind is inspect.Parameter.KEYWORD_ONLY
+      and p not in ("impl", "causal", "segment_ids"))
+  _REGISTRY[name] = Method(name, fn, tuple(impls), options, decode, "segment_ids" in params)
   return fn
 
 
@@ -99,7 +101,19 @@ def check_shapes(q: jax.Array, k: jax.Array, v: jax.Array, *, causal: bool = Fal
                      f"is needed; got T={t} > S={s}")
 
 
-def attention(q, k, v, *, method: str = "dense", impl: str = "auto", causal: bool = True, **kw):
+def check_segment_ids(segment_ids, batch: int, s: int) -> jax.Array:
+  """Validates packed-row document ids: an integer array [B, S] over the key positions."""
+  if not hasattr(segment_ids, "dtype") or not jnp.issubdtype(segment_ids.dtype, jnp.integer):
+    raise ValueError("attention: segment_ids must be an integer array [B, S], got "
+                     f"{getattr(segment_ids, 'dtype', type(segment_ids).__name__)}")
+  if tuple(segment_ids.shape) != (batch, s):
+    raise ValueError(f"attention: segment_ids must have shape [B, S] = {(batch, s)}, got "
+                     f"{tuple(segment_ids.shape)}")
+  return jnp.asarray(segment_ids, jnp.int32)
+
+
+def attention(q, k, v, *, method: str = "dense", impl: str = "auto", causal: bool = True,
+              segment_ids=None, **kw):
   """Computes attention with the named method.
 
   Args:
@@ -109,6 +123,10 @@ def attention(q, k, v, *, method: str = "dense", impl: str = "auto", causal: boo
     impl: ``xla`` (plain-jnp reference), ``pallas`` (kernel) or ``auto`` (the fastest that fits
       the backend and shapes, falling back to the reference).
     causal: queries are the last T positions of the S keys and see only keys at or before them.
+    segment_ids: optional int [B, S] document ids of packed rows: a query (the last T of the S
+      keys, so its id is ``segment_ids[:, S - T:]``) sees only keys of its own segment, on top of
+      the causal / window / sinks rule; linear methods reset their state where the id changes.
+      Only methods registered with a ``segment_ids`` argument accept it.
     **kw: method options (e.g. ``window``, ``sinks``, ``softcap`` for ``dense``).
 
   Returns:
@@ -125,4 +143,10 @@ def attention(q, k, v, *, method: str = "dense", impl: str = "auto", causal: boo
   if not isinstance(causal, (bool, np.bool_)):
     raise ValueError(f"attention: causal must be True or False, got {causal!r}")
   check_shapes(q, k, v, causal=causal)
+  if segment_ids is not None:
+    if not m.segments:
+      raise ValueError(
+          f"attention method {method!r} does not take segment_ids; methods that do: "
+          f"{sorted(n for n, x in _REGISTRY.items() if x.segments)}")
+    kw["segment_ids"] = check_segment_ids(segment_ids, q.shape[0], k.shape[1])
   return m.fn(q, k, v, impl=impl, causal=causal, **kw)

@@ -32,8 +32,10 @@ def _kernel(t, s, h, causal, window, softcap, interpret):
                             interpret=interpret)
 
 
-def splash_dense(q, k, v, *, causal, scale, window=None, softcap=None, interpret=False):
-  """Dense attention on TPU via splash; returns None when the shapes do not fit its blocks."""
+def splash_dense(q, k, v, *, causal, scale, window=None, softcap=None, interpret=False,
+                 segment_ids=None):
+  """Dense attention on TPU via splash; returns None when the shapes do not fit its blocks.
+  ``segment_ids`` [B, S] (the queries take the last T) go in as splash's ``SegmentIds``."""
   b, t, h, d = q.shape
   s, hkv = k.shape[1], k.shape[2]
   if not fits(t, s) or (causal and t != s):
@@ -43,5 +45,10 @@ def splash_dense(q, k, v, *, causal, scale, window=None, softcap=None, interpret
     v = jnp.repeat(v, h // hkv, axis=2)
   kernel = _kernel(t, s, h, causal, window, softcap, interpret)
   to_hm = lambda x: jnp.swapaxes(x, 1, 2)  # [B, T, H, D] -> [B, H, T, D]
-  o = jax.vmap(kernel)(to_hm(q * jnp.asarray(scale, q.dtype)), to_hm(k), to_hm(v))
+  if segment_ids is None:
+    o = jax.vmap(kernel)(to_hm(q * jnp.asarray(scale, q.dtype)), to_hm(k), to_hm(v))
+  else:
+    o = jax.vmap(lambda q_, k_, v_, seg: kernel(
+        q_, k_, v_, segment_ids=sa.SegmentIds(seg[s - t:], seg)))(
+        to_hm(q * jnp.asarray(scale, q.dtype)), to_hm(k), to_hm(v), segment_ids)
   return jnp.swapaxes(o, 1, 2).astype(q.dtype)

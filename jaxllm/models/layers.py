@@ -118,11 +118,12 @@ class Attention(nnx.Module):
       k = rope(k, positions_T, cfg.rope_theta, cfg.rope_scaling)
     return q, k, v
 
-  def __call__(self, x_BTD, positions_T, cache=None):
+  def __call__(self, x_BTD, positions_T, cache=None, segment_ids=None):
     """Self-attention of x [B, T, E] at ``positions_T`` ([T] or per row [B, T]).
 
     With a layer ``cache`` (``jaxllm.inference.cache``) the cache attends, by the method's
-    registered decode rule, and the call returns (out, updated cache).
+    registered decode rule, and the call returns (out, updated cache). ``segment_ids`` int
+    [B, T] (packed rows, no cache) keep each token's attention inside its own document.
     """
     b, t, _ = x_BTD.shape
     cfg = self.cfg
@@ -132,7 +133,7 @@ class Attention(nnx.Module):
                               impl=cfg.attention_impl, options=self.options)
       return self.wo(o.reshape(b, t, cfg.num_heads * cfg.dim_per_head)), cache
     o = attn_api.attention(q, k, v, method=cfg.attention, impl=cfg.attention_impl, causal=True,
-                           **self.options)
+                           segment_ids=segment_ids, **self.options)
     return self.wo(o.reshape(b, t, cfg.num_heads * cfg.dim_per_head))
 
 
@@ -145,10 +146,10 @@ class Block(nnx.Module):
     self.mlp_norm = norm(cfg, rngs=rngs)
     self.mlp = MLP(cfg, rngs=rngs)
 
-  def __call__(self, x_BTD, positions_T, cache=None):
+  def __call__(self, x_BTD, positions_T, cache=None, segment_ids=None):
     """With a layer ``cache`` returns (x, updated cache); see :meth:`Attention.__call__`."""
     if cache is None:
-      x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_T)
+      x_BTD = x_BTD + self.attn(self.attn_norm(x_BTD), positions_T, segment_ids=segment_ids)
       return x_BTD + self.mlp(self.mlp_norm(x_BTD))
     a, cache = self.attn(self.attn_norm(x_BTD), positions_T, cache)
     x_BTD = x_BTD + a

@@ -39,7 +39,7 @@ class Transformer(nnx.Module):
       self.read_out = layers.linear(cfg, d, cfg.output_dim, rngs=rngs, use_bias=True)
 
   def __call__(self, inputs, *, return_hidden: bool = False, positions=None, cache=None,
-               output_index=None):
+               output_index=None, segment_ids=None):
     """Runs the model.
 
     Args:
@@ -50,6 +50,9 @@ class Transformer(nnx.Module):
         attends through its cache (prefill or a decode step) and the caches come back updated.
       output_index: int [B]: compute the outputs only at this column of each row ([B, 1, ...]),
         e.g. a prompt's last token.
+      segment_ids: int [B, T] document ids of packed rows (``jaxllm.data.packing``): attention
+        stays inside each document; pass the per-document ``positions`` [B, T] with them so
+        positions restart at every document. Not with a ``cache``.
 
     Returns:
       float32 outputs [B, T, vocab_size or output_dim]; with ``return_hidden`` a pair
@@ -73,10 +76,14 @@ class Transformer(nnx.Module):
       x_BTD = x_BTD + (pos_BTD[None] if pos_BTD.ndim == 2 else pos_BTD)
     if cache is not None and len(cache) != len(self.blocks):
       raise ValueError(f"cache holds {len(cache)} layers, the model has {len(self.blocks)}")
+    if segment_ids is not None and (cache is not None or cfg.block != "standard"):
+      raise ValueError("segment_ids (packed rows) need model.block='standard' and no cache; got "
+                       f"block={cfg.block!r}, cache={'given' if cache is not None else None}")
+    seg = {} if segment_ids is None else {"segment_ids": jnp.asarray(segment_ids)}
     hidden, new_cache = [x_BTD], []
     for i, block in enumerate(self.blocks):
       if cache is None:
-        x_BTD = block(x_BTD, positions_T)
+        x_BTD = block(x_BTD, positions_T, **seg)
       else:
         x_BTD, layer_cache = block(x_BTD, positions_T, cache[i])
         new_cache.append(layer_cache)

@@ -114,7 +114,8 @@ def _columns(mask, b, h, hkv, nq):
 
 
 def block_sparse_attention(q, k, v, mask, *, causal=True, scale=None, window=None, sinks=0,
-                           softcap=None, impl="auto", interpret=None, return_lse=False):
+                           softcap=None, impl="auto", interpret=None, return_lse=False,
+                           segment_ids=None):
   """Attention restricted to the key blocks (and columns) a table lists per query block.
 
   Args:
@@ -131,6 +132,8 @@ def block_sparse_attention(q, k, v, mask, *, causal=True, scale=None, window=Non
       ``pltpu.InterpretParams`` for the Mosaic kernel) forces the interpreter.
     return_lse: also return the float32 log-sum-exp [B, H, T] of the (capped) logits, -inf on
       rows that see nothing; it is differentiable too (for merging with other attention parts).
+    segment_ids: optional int [B, S] document ids of packed rows, applied element-wise inside the
+      listed blocks; the gather path only (``auto`` takes it, ``pallas`` refuses).
 
   Returns:
     [B, T, H, D] in q's dtype (rows that see no key are 0), and lse when requested.
@@ -148,8 +151,13 @@ def block_sparse_attention(q, k, v, mask, *, causal=True, scale=None, window=Non
   masks.check_block_sizes(table.block_q, table.block_k)
   platform, interpret = common.choose(
       "block-sparse attention", impl, interpret,
-      fits=lambda p: IMPLEMENTATIONS[_by_platform(p)].blocks_fit(table.block_q, table.block_k))
+      fits=lambda p: segment_ids is None and IMPLEMENTATIONS[_by_platform(p)].blocks_fit(
+          table.block_q, table.block_k))
   name = "xla" if platform is None else _by_platform(platform)
+  if segment_ids is not None and name != "xla":
+    raise ValueError(f"block-sparse attention: the {name} kernel takes no segment_ids; use "
+                     "impl='xla' or 'auto' (the gather path) for packed rows")
+  seg = {} if segment_ids is None else {"segment_ids": segment_ids}
   backend = IMPLEMENTATIONS[name]
   backend.check_block_sizes(table.block_q, table.block_k)
   table = _fit_table(table, b, t, s, h, hkv)
@@ -157,10 +165,10 @@ def block_sparse_attention(q, k, v, mask, *, causal=True, scale=None, window=Non
     table = masks.with_transpose(table, s)
   opts = dict(causal=bool(causal), scale=d ** -0.5 if scale is None else float(scale),
               window=window, sinks=sinks, softcap=softcap)
-  o, lse = backend.run(q, k, v, table, interpret=interpret, **opts)
+  o, lse = backend.run(q, k, v, table, interpret=interpret, **opts, **seg)
   if isinstance(mask, masks.VerticalSlash):
     col_idx, col_cnt = _columns(mask, b, h, hkv, table.kv_cnt.shape[2])
     o_col, lse_col = xla.columns_attention(q, k, v, col_idx, col_cnt, block_q=table.block_q,
-                                           **opts)
+                                           **opts, **seg)
     o, lse = xla.merge(o, lse, o_col, lse_col)
   return (o, lse) if return_lse else o

@@ -14,7 +14,8 @@ def cap_logits(s, softcap):
   return s if softcap is None else softcap * jnp.tanh(s / softcap)
 
 
-def attention(q, k, v, mask, *, causal=True, scale=None, window=None, sinks=0, softcap=None):
+def attention(q, k, v, mask, *, causal=True, scale=None, window=None, sinks=0, softcap=None,
+              segment_ids=None):
   """softmax(q k^T * scale) v over the positions ``mask`` (a table) lets each query see.
 
   Args:
@@ -23,6 +24,8 @@ def attention(q, k, v, mask, *, causal=True, scale=None, window=None, sinks=0, s
     causal, window, sinks: element-wise rules applied on top of the table.
     scale: logit scale, default 1 / sqrt(D).
     softcap: optional tanh logit cap.
+    segment_ids: optional int [B, S] document ids of packed rows: pairs of different segments
+      are hidden inside the listed blocks too.
 
   Returns:
     (o [B, T, H, D] in q's dtype, lse [B, H, T] float32; rows that see nothing give 0 and -inf).
@@ -31,7 +34,9 @@ def attention(q, k, v, mask, *, causal=True, scale=None, window=None, sinks=0, s
   s, hkv = k.shape[1], k.shape[2]
   scale = d ** -0.5 if scale is None else scale
   ok = masks.dense_mask(mask, t, s, causal=causal)
-  ok &= rules.visible(*rules.positions(t, s), causal=causal, window=window, sinks=sinks)
+  vis = rules.visible(*rules.positions(t, s), causal=causal, window=window, sinks=sinks,
+                      segment_ids=segment_ids)
+  ok &= vis if segment_ids is None else vis[:, None]
   ok = jnp.broadcast_to(ok, (b, h, t, s))
   q_g = q.reshape(b, t, hkv, h // hkv, d)
   logits = jnp.einsum("btkgd,bskd->bkgts", q_g, k, preferred_element_type=jnp.float32)

@@ -57,11 +57,26 @@ def _query_positions(t, s, nq, bq):
   return rows + (s - t), rows < t
 
 
+def _segments_at(segment_ids, pos):
+  """Segment ids [B, ...] at the key positions ``pos`` [B, ...] of each row; positions past the
+  row (padding, masked anyway) read its last id."""
+  pos = jnp.minimum(pos, segment_ids.shape[1] - 1)
+  return jax.vmap(lambda seg_S, pos_row: seg_S[pos_row])(segment_ids, pos)
+
+
+def _query_segments(segment_ids, q_pos):
+  """[B, 1, nq, bq, 1] segment ids of the query rows ``q_pos`` [nq, bq]."""
+  b = segment_ids.shape[0]
+  return _segments_at(segment_ids, jnp.broadcast_to(q_pos, (b,) + q_pos.shape))[:, None, ..., None]
+
+
 def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window, sinks,
-                     softcap):
+                     softcap, segment_ids=None):
   """Attention over the table's key blocks; q [B, T, H, D], k/v [B, S, Hkv, D].
 
-  The table must have full [B, H, nq, max_blocks] leading dims. Returns (o, lse [B, H, T]).
+  The table must have full [B, H, nq, max_blocks] leading dims. ``segment_ids`` int [B, S]
+  (packed rows) hide pairs of different segments inside the listed blocks. Returns
+  (o, lse [B, H, T]).
   """
   t, h = q.shape[1], q.shape[2]
   s = k.shape[1]
@@ -72,6 +87,8 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
   v_flat, _ = _flat_rows(_to_blocks(v, bk), h)
   q_pos, q_real = _query_positions(t, s, nq, bq)
   cnt = table.kv_cnt
+  if segment_ids is not None:
+    q_seg = _query_segments(segment_ids, q_pos)
 
   @jax.checkpoint
   def step(carry, xs):
@@ -82,8 +99,10 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
     logits = jnp.einsum("bhqrd,bhqcd->bhqrc", q_blk, k_blk, preferred_element_type=jnp.float32)
     logits = cap_logits(logits * scale, softcap)
     k_pos = idx_BHQ[..., None] * bk + jnp.arange(bk)  # [B, H, nq, bk]
+    seg = {} if segment_ids is None else dict(
+        q_segment=q_seg, k_segment=_segments_at(segment_ids, k_pos)[..., None, :])
     ok = visible_pairs(q_pos[..., None], k_pos[..., None, :], causal=causal, window=window,
-                       sinks=sinks)
+                       sinks=sinks, **seg)
     ok &= (k_pos < s)[..., None, :] & q_real[..., None] & (j < cnt)[..., None, None]
     return _update(carry, logits, ok, v_blk), None
 
@@ -96,10 +115,11 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
 
 
 def columns_attention(q, k, v, col_idx, col_cnt, *, block_q, causal, scale, window, sinks,
-                      softcap):
+                      softcap, segment_ids=None):
   """Attention over per-query-block key columns (vertical-slash leftovers); returns (o, lse).
 
-  ``col_idx`` int [B, H, nq, n_cols] key positions, ``col_cnt`` int [B, H, nq] valid entries.
+  ``col_idx`` int [B, H, nq, n_cols] key positions, ``col_cnt`` int [B, H, nq] valid entries;
+  ``segment_ids`` as in :func:`blocks_attention`.
   """
   t, h = q.shape[1], q.shape[2]
   s = k.shape[1]
@@ -113,8 +133,11 @@ def columns_attention(q, k, v, col_idx, col_cnt, *, block_q, causal, scale, wind
   logits = jnp.einsum("bhqrd,bhqcd->bhqrc", q_blk, k_col, preferred_element_type=jnp.float32)
   logits = cap_logits(logits * scale, softcap)
   q_pos, q_real = _query_positions(t, s, nq, block_q)
+  seg = {} if segment_ids is None else dict(
+      q_segment=_query_segments(segment_ids, q_pos),
+      k_segment=_segments_at(segment_ids, col_idx)[..., None, :])
   ok = visible_pairs(q_pos[..., None], col_idx[..., None, :], causal=causal, window=window,
-                     sinks=sinks)
+                     sinks=sinks, **seg)
   slot_ok = jnp.arange(col_idx.shape[-1]) < col_cnt[..., None]
   ok &= slot_ok[..., None, :] & q_real[..., None]
   b, d = q.shape[0], q.shape[3]

@@ -18,6 +18,10 @@ overflowing.
 
 The normalised variant o_t = S_t^T q_t / (z_t . q_t), z_t = lambda z_{t-1} + k_t, is the same
 recurrence with a column of ones appended to v (:func:`attend`); z is then the state's last column.
+
+Packed rows (``segment_ids`` int [B, T], one id per document): the state is reset to zero wherever
+the id changes, S_t = k_t v_t^T at a document's first token, so no token sees another document and
+the final state is the last document's. The initial state belongs to the row's first document.
 """
 
 from __future__ import annotations
@@ -54,6 +58,14 @@ def _prepare(q, k, v, log_decay, initial_state):
           initial_state.astype(_F32))
 
 
+def runs(segment_ids):
+  """int [B, T] index of the run of equal ids each token is in (0 for the first run): the state
+  resets where it steps, whatever the ids' values."""
+  step = segment_ids[:, 1:] != segment_ids[:, :-1]
+  return jnp.concatenate([jnp.zeros_like(step[:, :1], jnp.int32),
+                          jnp.cumsum(step, axis=1, dtype=jnp.int32)], axis=1)
+
+
 def _masked_decay(a_H, n: int):
   """[H, n, n] lambda^(i - j) for j <= i, else 0."""
   i = jnp.arange(n, dtype=_F32)
@@ -61,20 +73,26 @@ def _masked_decay(a_H, n: int):
   return jnp.exp(jnp.where(dist >= 0, a_H[:, None, None] * dist, -jnp.inf))
 
 
-def parallel(q, k, v, log_decay, initial_state=None):
+def parallel(q, k, v, log_decay, initial_state=None, segment_ids=None):
   """Quadratic form with the masked decay matrix. Returns (o, final state)."""
   q, k, v, a, s0 = _prepare(q, k, v, log_decay, initial_state)
-  t = q.shape[1]
+  b, t = q.shape[:2]
   scores = jnp.einsum("bthd,bshd->bhts", q, k) * _masked_decay(a, t)
+  # Packed rows: a query sees the keys and the initial state of its own run only.
+  r_BT = jnp.zeros((b, t), jnp.int32) if segment_ids is None else runs(segment_ids)
+  scores *= (r_BT[:, :, None] == r_BT[:, None, :])[:, None]
+  first_BT, last_BT = (r_BT == 0).astype(_F32), (r_BT == r_BT[:, -1:]).astype(_F32)
   o = jnp.einsum("bhts,bshe->bthe", scores, v)
   pos = jnp.arange(t, dtype=_F32)
-  o += jnp.einsum("bthd,ht,bhde->bthe", q, jnp.exp(a[:, None] * (pos + 1)), s0)
+  o += jnp.einsum("bthd,ht,bt,bhde->bthe", q, jnp.exp(a[:, None] * (pos + 1)), first_BT, s0)
   k_decay = jnp.exp(a[:, None] * (t - 1 - pos))
-  state = jnp.exp(a * t)[None, :, None, None] * s0 + jnp.einsum("bshd,hs,bshe->bhde", k, k_decay, v)
+  s0_decay_BH = jnp.exp(a * t)[None, :] * last_BT[:, :1]
+  state = s0_decay_BH[:, :, None, None] * s0 + jnp.einsum("bshd,hs,bs,bshe->bhde", k, k_decay,
+                                                          last_BT, v)
   return o, state
 
 
-def chunked(q, k, v, log_decay, initial_state=None, chunk_size: int = 64):
+def chunked(q, k, v, log_decay, initial_state=None, chunk_size: int = 64, segment_ids=None):
   """Chunked form: masked decay inside chunks, state carried across chunks."""
   if not isinstance(chunk_size, int) or chunk_size < 1:
     raise ValueError(f"linear attention: chunk_size must be a positive int, got {chunk_size!r}")
@@ -89,8 +107,15 @@ def chunked(q, k, v, log_decay, initial_state=None, chunk_size: int = 64):
     q, k, v = (jnp.pad(x, widths) for x in (q, k, v))
   q_BNCHD, k_BNCHD = q.reshape(b, n, c, h, d), k.reshape(b, n, c, h, d)
   v_BNCHE = v.reshape(b, n, c, h, e)
+  # Run of every token (padding repeats the last), of each chunk's last token and of the state
+  # entering each chunk; a run id only grows, so equal ends mean no reset inside the chunk.
+  r_BT = jnp.zeros((b, t), jnp.int32) if segment_ids is None else runs(segment_ids)
+  r_BNC = jnp.pad(r_BT, ((0, 0), (0, pad)), mode="edge").reshape(b, n, c)
+  last_BN = r_BNC[:, :, -1]
+  prev_BN = jnp.concatenate([jnp.zeros((b, 1), jnp.int32), last_BN[:, :-1]], axis=1)
 
   scores = jnp.einsum("bnihd,bnjhd->bnhij", q_BNCHD, k_BNCHD) * _masked_decay(a, c)
+  scores *= (r_BNC[:, :, :, None] == r_BNC[:, :, None, :])[:, :, None]
   o_intra = jnp.einsum("bnhij,bnjhe->bnihe", scores, v_BNCHE)
 
   # The last chunk holds fewer than c real tokens; its state update decays by its true length so
@@ -100,31 +125,39 @@ def chunked(q, k, v, log_decay, initial_state=None, chunk_size: int = 64):
   dist_NC = length_N[:, None] - 1 - j[None, :]
   k_decay_NHC = jnp.exp(jnp.where(dist_NC[:, None, :] >= 0,
                                   a[None, :, None] * dist_NC[:, None, :], -jnp.inf))
-  update_NBHDE = jnp.einsum("bnjhd,nhj,bnjhe->nbhde", k_BNCHD, k_decay_NHC, v_BNCHE)
-  chunk_decay_NH = jnp.exp(a[None, :] * length_N[:, None])
+  in_last_BNC = (r_BNC == last_BN[:, :, None]).astype(_F32)
+  update_NBHDE = jnp.einsum("bnjhd,nhj,bnj,bnjhe->nbhde", k_BNCHD, k_decay_NHC, in_last_BNC,
+                            v_BNCHE)
+  kept_NB = jnp.swapaxes(last_BN == prev_BN, 0, 1).astype(_F32)
+  chunk_decay_NBH = jnp.exp(a[None, :] * length_N[:, None])[:, None, :] * kept_NB[:, :, None]
 
   def carry(state, xs):
-    update, decay_H = xs
-    return decay_H[None, :, None, None] * state + update, state
+    update, decay_BH = xs
+    return decay_BH[:, :, None, None] * state + update, state
 
-  state, prev_NBHDE = jax.lax.scan(carry, s0, (update_NBHDE, chunk_decay_NH))
+  state, prev_NBHDE = jax.lax.scan(carry, s0, (update_NBHDE, chunk_decay_NBH))
   q_decay_HC = jnp.exp(a[:, None] * (j + 1))
-  o_inter = jnp.einsum("bnihd,hi,nbhde->bnihe", q_BNCHD, q_decay_HC, prev_NBHDE)
+  in_prev_BNC = (r_BNC == prev_BN[:, :, None]).astype(_F32)
+  o_inter = jnp.einsum("bnihd,hi,bni,nbhde->bnihe", q_BNCHD, q_decay_HC, in_prev_BNC, prev_NBHDE)
   o = (o_intra + o_inter).reshape(b, n * c, h, e)[:, :t]
   return o, state
 
 
-def recurrent(q, k, v, log_decay, initial_state=None):
+def recurrent(q, k, v, log_decay, initial_state=None, segment_ids=None):
   """One token at a time with an O(D E) state per head."""
   q, k, v, a, s0 = _prepare(q, k, v, log_decay, initial_state)
   lam = jnp.exp(a)[None, :, None, None]
+  b, t = q.shape[:2]
+  r_BT = jnp.zeros((b, t), jnp.int32) if segment_ids is None else runs(segment_ids)
+  keep_BT = jnp.concatenate([jnp.ones((b, 1), _F32),
+                             (r_BT[:, 1:] == r_BT[:, :-1]).astype(_F32)], axis=1)
 
   def one(state, xs):
-    q_BHD, k_BHD, v_BHE = xs
-    state = lam * state + jnp.einsum("bhd,bhe->bhde", k_BHD, v_BHE)
+    q_BHD, k_BHD, v_BHE, keep_B = xs
+    state = keep_B[:, None, None, None] * lam * state + jnp.einsum("bhd,bhe->bhde", k_BHD, v_BHE)
     return state, jnp.einsum("bhd,bhde->bhe", q_BHD, state)
 
-  xs = tuple(jnp.moveaxis(x, 1, 0) for x in (q, k, v))
+  xs = tuple(jnp.moveaxis(x, 1, 0) for x in (q, k, v, keep_BT))
   state, o_TBHE = jax.lax.scan(one, s0, xs)
   return jnp.moveaxis(o_TBHE, 0, 1), state
 
@@ -133,7 +166,8 @@ FORMS = {"parallel": parallel, "chunked": chunked, "recurrent": recurrent}
 
 
 def attend(q, k, v, log_decay, *, form: str = "chunked", chunk_size: int = 64,
-           normalize: bool = False, eps: float = 1e-6, initial_state=None, impl: str = "xla"):
+           normalize: bool = False, eps: float = 1e-6, initial_state=None, impl: str = "xla",
+           segment_ids=None):
   """Decayed linear attention in the chosen ``form``, optionally normalised.
 
   Args:
@@ -147,6 +181,8 @@ def attend(q, k, v, log_decay, *, form: str = "chunked", chunk_size: int = 64,
     initial_state: [B, H, D, E (+1 if normalize)] state carried in from earlier tokens.
     impl: ``xla`` (plain jnp) or ``pallas`` (the platform's chunk kernel, interpreted off GPU and
       TPU; chunked form only).
+    segment_ids: optional int [B, T] document ids of packed rows: the state resets where the id
+      changes (``xla`` only).
 
   Returns:
     (o [B, T, H, E] float32, final state float32).
@@ -155,6 +191,9 @@ def attend(q, k, v, log_decay, *, form: str = "chunked", chunk_size: int = 64,
     raise ValueError(f"linear attention: form must be one of {sorted(FORMS)}, got {form!r}")
   if normalize:
     v = jnp.concatenate([v.astype(_F32), jnp.ones(v.shape[:-1] + (1,), _F32)], axis=-1)
+  if impl == "pallas" and segment_ids is not None:
+    raise ValueError("linear attention: impl='pallas' (the chunk kernel) takes no segment_ids; "
+                     "use impl='xla' or 'auto' for packed rows")
   if impl == "pallas":
     if form != "chunked":
       raise ValueError(f"linear attention: impl='pallas' runs the chunked form only, got form "
@@ -164,9 +203,10 @@ def attend(q, k, v, log_decay, *, form: str = "chunked", chunk_size: int = 64,
     o, state = api.linear_chunk(q, k, v, log_decay, initial_state, chunk_size=chunk_size,
                                 impl="pallas")
   elif form == "chunked":
-    o, state = chunked(q, k, v, log_decay, initial_state, chunk_size=chunk_size)
+    o, state = chunked(q, k, v, log_decay, initial_state, chunk_size=chunk_size,
+                       segment_ids=segment_ids)
   else:
-    o, state = FORMS[form](q, k, v, log_decay, initial_state)
+    o, state = FORMS[form](q, k, v, log_decay, initial_state, segment_ids=segment_ids)
   if normalize:
     o = o[..., :-1] / (o[..., -1:] + eps)
   return o, state

@@ -58,11 +58,16 @@ def masked_attention(q, k, v, ok, *, scale, softcap=None):
   return o.reshape(b, t, h, d).astype(q.dtype), p
 
 
-def reference(q, k, v, *, causal=True, scale=None, window=None, sinks=0, softcap=None):
-  """softmax(q k^T * scale + mask) v with float32 logits and softmax; GQA by head groups."""
+def reference(q, k, v, *, causal=True, scale=None, window=None, sinks=0, softcap=None,
+              segment_ids=None):
+  """softmax(q k^T * scale + mask) v with float32 logits and softmax; GQA by head groups;
+  ``segment_ids`` [B, S] hide keys of other segments (packed rows)."""
   t, s = q.shape[1], k.shape[1]
   scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-  ok = masks.visible(*masks.positions(t, s), causal=causal, window=window, sinks=sinks)
+  ok = masks.visible(*masks.positions(t, s), causal=causal, window=window, sinks=sinks,
+                     segment_ids=segment_ids)
+  if segment_ids is not None:
+    ok = ok[:, None, None]  # [B, T, S] -> [B, Hkv, G, T, S]
   return masked_attention(q, k, v, ok, scale=scale, softcap=softcap)[0]
 
 
@@ -84,7 +89,7 @@ def _segments(p_lo, p_hi, s, *, causal, window, sinks):
 
 
 def blocked(q, k, v, *, causal=True, scale=None, window=None, sinks=0, softcap=None,
-            block_q=None, key_chunk=1024):
+            block_q=None, key_chunk=1024, segment_ids=None):
   """Exact dense attention by query blocks, each against only the keys its mask can reach.
 
   Query block i of a causal mask sees keys [0, end of block i) (or its window band plus the
@@ -93,7 +98,8 @@ def blocked(q, k, v, *, causal=True, scale=None, window=None, sinks=0, softcap=N
   G query heads per KV head are stacked into one [G x block_q, D] operand, so every product is a
   plain matrix multiply, the layout XLA's CPU backend runs fastest; each block is one softmax
   over its key spans (not an online one). Shapes are static, so compile time grows with the
-  number of blocks: at most 32.
+  number of blocks: at most 32. With ``segment_ids`` [B, S] (packed rows) every tile is masked,
+  since where documents start is data, not shape.
   """
   b, t, h, d = q.shape
   s, hkv = k.shape[1], k.shape[2]
@@ -109,22 +115,29 @@ def blocked(q, k, v, *, causal=True, scale=None, window=None, sinks=0, softcap=N
     q_hi = min(q_lo + block_q, t)
     segs = tuple((lo, hi, m) for lo, hi, m in _segments(
         q_lo + offset, q_hi + offset, s, causal=causal, window=window, sinks=sinks) if hi > lo)
+    seg_args = ()
+    if segment_ids is not None:
+      segs = tuple((lo, hi, True) for lo, hi, _ in segs)
+      seg_args = (segment_ids[:, q_lo + offset:q_hi + offset], segment_ids)
     # Rematerialised under autodiff: a block's probabilities are recomputed, not stored.
     tile = jax.checkpoint(functools.partial(
         _block, segs=segs, q_pos=np.arange(q_lo, q_hi) + offset, scale=scale, causal=causal,
         window=window, sinks=sinks, softcap=softcap, key_chunk=key_chunk))
-    outs.append(tile(q_BKTGD[:, :, q_lo:q_hi], k_BKSD, v_BKSD))
+    outs.append(tile(q_BKTGD[:, :, q_lo:q_hi], k_BKSD, v_BKSD, *seg_args))
   o_BKTGD = jnp.concatenate(outs, axis=2)
   return o_BKTGD.transpose(0, 2, 1, 3, 4).reshape(b, t, h, d)
 
 
-def _block(q_BKTGD, k_BKSD, v_BKSD, *, segs, q_pos, scale, causal, window, sinks, softcap,
-           key_chunk):
+def _block(q_BKTGD, k_BKSD, v_BKSD, q_seg_BT=None, k_seg_BS=None, *, segs, q_pos, scale, causal,
+           window, sinks, softcap, key_chunk):
   """One query block against its key spans: an online softmax over key chunks, normalised after
-  P V. Chunks of ``key_chunk`` keys keep each logit tile cache-sized."""
+  P V. Chunks of ``key_chunk`` keys keep each logit tile cache-sized. ``q_seg_BT`` / ``k_seg_BS``:
+  the segment ids of the block's queries and of all keys (packed rows)."""
   b, hk, t, g, d = q_BKTGD.shape
   q_BKMD = q_BKTGD.reshape(b, hk, t * g, d)
   rows = jnp.asarray(np.repeat(q_pos, g))  # query position of each stacked row
+  if q_seg_BT is not None:
+    row_seg_BM = jnp.repeat(q_seg_BT, g, axis=1)
   acc = jnp.zeros((b, hk, t * g, d), jnp.float32)
   m = jnp.full((b, hk, t * g, 1), -jnp.inf)
   denom = jnp.zeros((b, hk, t * g, 1), jnp.float32)
@@ -136,7 +149,13 @@ def _block(q_BKTGD, k_BKSD, v_BKSD, *, segs, q_pos, scale, causal, window, sinks
       if softcap is not None:
         x = softcap * jnp.tanh(x / softcap)
       if masked:
-        ok = masks.visible(rows, jnp.arange(lo, hi), causal=causal, window=window, sinks=sinks)
+        if q_seg_BT is None:
+          ok = masks.visible(rows, jnp.arange(lo, hi), causal=causal, window=window, sinks=sinks)
+        else:
+          ok = masks.visible_pairs(
+              rows[:, None], jnp.arange(lo, hi)[None, :], causal=causal, window=window,
+              sinks=sinks, q_segment=row_seg_BM[:, :, None],
+              k_segment=k_seg_BS[:, None, lo:hi])[:, None]
         x = jnp.where(ok, x, -jnp.inf)
       m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(x, axis=-1, keepdims=True)))
       m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
@@ -150,7 +169,7 @@ def _block(q_BKTGD, k_BKSD, v_BKSD, *, segs, q_pos, scale, causal, window, sinks
   return o.reshape(b, hk, t, g, d).astype(q_BKTGD.dtype)
 
 
-def _library_kernel(q, k, v, *, causal, scale, window, sinks, softcap):
+def _library_kernel(q, k, v, *, causal, scale, window, sinks, softcap, segment_ids=None):
   """The vendor kernel for this backend, or None where none fits."""
   backend = jax.default_backend()
   if sinks or backend not in ("gpu", "tpu"):
@@ -162,31 +181,37 @@ def _library_kernel(q, k, v, *, causal, scale, window, sinks, softcap):
   if backend == "gpu":
     # tokamax picks among its Triton/Mosaic-GPU flash kernels and cuDNN for the device.
     import tokamax  # pylint: disable=g-import-not-at-top
+    same = None if segment_ids is None else (
+        masks.query_segments(segment_ids, t)[:, None, :, None]
+        == segment_ids[:, None, None, :])  # [B, 1, T, S]
     return tokamax.dot_product_attention(
-        q, k, v, scale=scale, is_causal=causal, local_window_size=window_arg,
+        q, k, v, mask=same, scale=scale, is_causal=causal, local_window_size=window_arg,
         logits_soft_cap=softcap)
   from jaxllm.attention import splash  # pylint: disable=g-import-not-at-top
-  return splash.splash_dense(q, k, v, causal=causal, scale=scale, window=window, softcap=softcap)
+  return splash.splash_dense(q, k, v, causal=causal, scale=scale, window=window, softcap=softcap,
+                             segment_ids=segment_ids)
 
 
-def dense(q, k, v, *, impl="auto", causal=True, scale=None, window=None, sinks=0, softcap=None):
-  """Dense attention; optional sliding ``window``, ``sinks`` tokens and logit ``softcap``."""
+def dense(q, k, v, *, impl="auto", causal=True, scale=None, window=None, sinks=0, softcap=None,
+          segment_ids=None):
+  """Dense attention; optional sliding ``window``, ``sinks`` tokens and logit ``softcap``;
+  ``segment_ids`` [B, S] keep each query to its own segment (packed rows)."""
   _check_options(window, sinks, softcap)
   scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
   if impl == "pallas":
     # The block-sparse kernel with the full causal (or band) table; interpreted off-GPU.
     return sparse.banded(q, k, v, impl="pallas", causal=causal, window=window, sinks=sinks,
-                         scale=scale, softcap=softcap)
+                         scale=scale, softcap=softcap, segment_ids=segment_ids)
   if impl == "auto":
     out = _library_kernel(q, k, v, causal=causal, scale=scale, window=window, sinks=sinks,
-                          softcap=softcap)
+                          softcap=softcap, segment_ids=segment_ids)
     if out is not None:
       return out
     if q.shape[1] > 1:  # measured faster than the reference at every T >= 256 on CPU
       return blocked(q, k, v, causal=causal, scale=scale, window=window, sinks=sinks,
-                     softcap=softcap)
+                     softcap=softcap, segment_ids=segment_ids)
   return reference(q, k, v, causal=causal, scale=scale, window=window, sinks=sinks,
-                   softcap=softcap)
+                   softcap=softcap, segment_ids=segment_ids)
 
 
 register("dense", dense, impls=("xla", "pallas", "auto"), decode="sparse")

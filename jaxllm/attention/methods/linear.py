@@ -22,10 +22,10 @@ def _check_form(method, form, chunk_size):
     raise ValueError(f"{method} attention: chunk_size must be a positive int, got {chunk_size!r}")
 
 
-def _run(method, q, k, v, spec, *, impl, causal, form, chunk_size):
+def _run(method, q, k, v, spec, *, impl, causal, form, chunk_size, segment_ids=None):
   _check_form(method, form, chunk_size)
   o, _ = apply_lib.apply(q, k, v, spec, causal=causal, form=form, chunk_size=chunk_size,
-                         impl=impl)
+                         impl=impl, segment_ids=segment_ids)
   return o.astype(q.dtype)
 
 
@@ -35,7 +35,7 @@ def _require_causal(method, causal):
 
 
 def linear(q, k, v, *, impl="auto", causal=True, feature_map="elu1", normalize=True, decay=None,
-           form="chunked", chunk_size=64, scale=None, eps=1e-6):
+           form="chunked", chunk_size=64, scale=None, eps=1e-6, segment_ids=None):
   """Kernelized linear attention phi(q)^T S_t / phi(q)^T z_t (normaliser optional).
 
   ``feature_map`` in {elu1, relu, identity}; ``decay`` (float or [H] in (0, 1]) adds a per-head
@@ -45,32 +45,34 @@ def linear(q, k, v, *, impl="auto", causal=True, feature_map="elu1", normalize=T
     raise ValueError("linear attention: causal=False needs decay=None (a decay orders the tokens)")
   spec = options.linear_spec(q.shape[2], q.shape[3], feature_map=feature_map,
                              normalize=normalize, decay=decay, scale=scale, eps=eps)
-  return _run("linear", q, k, v, spec, impl=impl, causal=causal, form=form, chunk_size=chunk_size)
+  return _run("linear", q, k, v, spec, impl=impl, causal=causal, form=form, chunk_size=chunk_size,
+              segment_ids=segment_ids)
 
 
 def lightning(q, k, v, *, impl="auto", causal=True, layer_index=0, num_layers=1, decay=None,
-              feature_map="identity", form="chunked", chunk_size=64, scale=None):
+              feature_map="identity", form="chunked", chunk_size=64, scale=None,
+              segment_ids=None):
   """Lightning attention: no normaliser, decay exp(-(8/H) h (1 - l/L)) unless ``decay`` is given."""
   _require_causal("lightning", causal)
   spec = options.lightning_spec(q.shape[2], q.shape[3], layer_index=layer_index,
                                 num_layers=num_layers, decay=decay, feature_map=feature_map,
                                 scale=scale)
   return _run("lightning", q, k, v, spec, impl=impl, causal=causal, form=form,
-              chunk_size=chunk_size)
+              chunk_size=chunk_size, segment_ids=segment_ids)
 
 
 def retention(q, k, v, *, impl="auto", causal=True, decay=None, feature_map="identity",
-              form="chunked", chunk_size=64, scale=None):
+              form="chunked", chunk_size=64, scale=None, segment_ids=None):
   """RetNet retention: decay gamma_h = 1 - 2^(-5-h) unless ``decay`` is given, no normaliser."""
   _require_causal("retention", causal)
   spec = options.retention_spec(q.shape[2], q.shape[3], decay=decay, feature_map=feature_map,
                                 scale=scale)
   return _run("retention", q, k, v, spec, impl=impl, causal=causal, form=form,
-              chunk_size=chunk_size)
+              chunk_size=chunk_size, segment_ids=segment_ids)
 
 
 def momentum(q, k, v, *, impl="auto", causal=True, eta=None, form="chunked", chunk_size=64,
-             scale=None):
+             scale=None, segment_ids=None):
   """Momentum attention: softmax attention + sum_{i<t} eta^(t-i) v_i (Dai et al.).
 
   The momentum term is a decayed linear attention with phi(q) = phi(k) = 1 and decay ``eta`` over
@@ -82,11 +84,12 @@ def momentum(q, k, v, *, impl="auto", causal=True, eta=None, form="chunked", chu
   _check_form("momentum", form, chunk_size)
   b, t, h, _ = q.shape
   s, hkv = v.shape[1], v.shape[2]
-  attn = dense_lib.dense(q, k, v, impl=impl, causal=True, scale=scale)
+  attn = dense_lib.dense(q, k, v, impl=impl, causal=True, scale=scale, segment_ids=segment_ids)
   ones = jnp.ones((b, s, hkv, 1), jnp.float32)
   log_eta = jnp.full((hkv,), math.log(eta), jnp.float32)
   # M_t = sum_{i<=t} eta^(t-i) v_i; the momentum term excludes i = t.
-  m, _ = forms.attend(ones, ones, v, log_eta, form=form, chunk_size=chunk_size)
+  m, _ = forms.attend(ones, ones, v, log_eta, form=form, chunk_size=chunk_size,
+                      segment_ids=segment_ids)
   mom = apply_lib.expand_kv((m - v.astype(jnp.float32))[:, s - t:], h)
   return (attn.astype(jnp.float32) + mom).astype(q.dtype)
 

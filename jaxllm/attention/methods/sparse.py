@@ -19,15 +19,16 @@ BLOCK_K = 128  # multiples of the TPU lane width serve the Mosaic kernel too
 
 
 def run(q, k, v, mask, *, impl, causal, scale=None, window=None, sinks=0, softcap=None,
-        return_lse=False):
-  """Block-sparse attention over ``mask`` with ``impl`` in {xla, pallas, auto}."""
+        return_lse=False, segment_ids=None):
+  """Block-sparse attention over ``mask`` with ``impl`` in {xla, pallas, auto}; ``segment_ids``
+  [B, S] (packed rows) mask across segments inside the listed blocks (gather path only)."""
   return api.block_sparse_attention(q, k, v, mask, causal=causal, scale=scale, window=window,
                                     sinks=sinks, softcap=softcap, impl=impl,
-                                    return_lse=return_lse)
+                                    return_lse=return_lse, segment_ids=segment_ids)
 
 
 def banded(q, k, v, *, impl, causal, window=None, sinks=0, scale=None, softcap=None,
-           block_q=BLOCK_Q, block_k=BLOCK_K):
+           block_q=BLOCK_Q, block_k=BLOCK_K, segment_ids=None):
   """Dense (window None), sliding-window or sink + window attention through a band table."""
   t, s = q.shape[1], k.shape[1]
   if window is None:
@@ -36,7 +37,7 @@ def banded(q, k, v, *, impl, causal, window=None, sinks=0, scale=None, softcap=N
     table = patterns.sliding_window_table(t, s, window=window, sinks=sinks, block_q=block_q,
                                           block_k=block_k, causal=causal)
   return run(q, k, v, table, impl=impl, causal=causal, scale=scale, window=window, sinks=sinks,
-             softcap=softcap)
+             softcap=softcap, segment_ids=segment_ids)
 
 
 def _positive(name, value, method):
@@ -45,21 +46,21 @@ def _positive(name, value, method):
 
 
 def sliding_window(q, k, v, *, impl="auto", causal=True, window=None, scale=None, softcap=None,
-                   block_q=BLOCK_Q, block_k=BLOCK_K):
+                   block_q=BLOCK_Q, block_k=BLOCK_K, segment_ids=None):
   """Each query sees the ``window`` most recent keys (|q - k| < window when not causal)."""
   _positive("window", window, "sliding_window")
   return banded(q, k, v, impl=impl, causal=causal, window=window, scale=scale, softcap=softcap,
-                block_q=block_q, block_k=block_k)
+                block_q=block_q, block_k=block_k, segment_ids=segment_ids)
 
 
 def sink_window(q, k, v, *, impl="auto", causal=True, sinks=4, window=None, scale=None,
-                softcap=None, block_q=BLOCK_Q, block_k=BLOCK_K):
+                softcap=None, block_q=BLOCK_Q, block_k=BLOCK_K, segment_ids=None):
   """StreamingLLM's attention sinks / MInference's A-shape: the first ``sinks`` keys plus the
   ``window`` most recent ones (default 4 sinks, as StreamingLLM)."""
   _positive("window", window, "sink_window")
   _positive("sinks", sinks, "sink_window")
   return banded(q, k, v, impl=impl, causal=causal, window=window, sinks=sinks, scale=scale,
-                softcap=softcap, block_q=block_q, block_k=block_k)
+                softcap=softcap, block_q=block_q, block_k=block_k, segment_ids=segment_ids)
 
 
 def streaming(q, k, v, *, impl="auto", causal=True, sinks=4, window=None, scale=None,
@@ -71,12 +72,14 @@ def streaming(q, k, v, *, impl="auto", causal=True, sinks=4, window=None, scale=
                      softcap=softcap, block_q=block_q, block_k=block_k)
 
 
-def block_sparse(q, k, v, *, impl="auto", causal=True, table=None, scale=None, softcap=None):
+def block_sparse(q, k, v, *, impl="auto", causal=True, table=None, scale=None, softcap=None,
+                 segment_ids=None):
   """Attention over a given :class:`BlockTable` or :class:`VerticalSlash` (block sizes inside)."""
   if not isinstance(table, (masks.BlockTable, masks.VerticalSlash)):
     raise ValueError("block_sparse attention: table must be a pallas_kernels.block_sparse.masks "
                      f"BlockTable or VerticalSlash, got {type(table).__name__}")
-  return run(q, k, v, table, impl=impl, causal=causal, scale=scale, softcap=softcap)
+  return run(q, k, v, table, impl=impl, causal=causal, scale=scale, softcap=softcap,
+             segment_ids=segment_ids)
 
 
 register("sliding_window", sliding_window, impls=("xla", "pallas", "auto"), decode="sparse")
