@@ -19,9 +19,10 @@ from jaxllm.attention.registry import register
 
 
 def _check_options(window, sinks, softcap):
-  if window is not None and (not isinstance(window, int) or window < 1):
+  if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                             or window < 1):
     raise ValueError(f"dense attention: window must be a positive int or None, got {window!r}")
-  if not isinstance(sinks, int) or sinks < 0:
+  if isinstance(sinks, bool) or not isinstance(sinks, int) or sinks < 0:
     raise ValueError(f"dense attention: sinks must be a non-negative int, got {sinks!r}")
   if sinks and window is None:
     raise ValueError("dense attention: sinks only make sense with a sliding window (set window)")
