@@ -139,7 +139,7 @@ def test_bad_option_values_raise():
   q, k, v = rand_qkv(0, 1, 4, 4, 2, 2, 4)
   with pytest.raises(ValueError, match="window must be a positive int"):
     A.attention(q, k, v, window=0)
-  with pytest.raises(ValueError, match="window must be a positive int, got True"):
+  with pytest.raises(ValueError, match="window must be a positive int or None, got True"):
     A.attention(q, k, v, window=True)  # a bool is not a window length
   with pytest.raises(ValueError, match="sinks must be a non-negative int, got True"):
     A.attention(q, k, v, window=2, sinks=True)
