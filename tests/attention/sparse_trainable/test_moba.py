@@ -104,3 +104,14 @@ def test_bad_options_raise(opts, word):
     attn.attention(q, k, v, method="moba", **opts)
   with pytest.raises(ValueError, match="causal"):
     attn.attention(q, k, v, method="moba", causal=False)
+
+
+def test_select_entry_point_returns_the_gate():
+  from jaxllm.attention import sparse
+  q = jax.random.normal(jax.random.key(0), (1, 40, 2, 8))
+  k = jax.random.normal(jax.random.key(1), (1, 40, 1, 8))
+  idx, ok = sparse.select("moba", q, k, chunk_size=8, topk=2)
+  want_idx, want_ok = moba.gate(q, k, chunk_size=8, topk=2)
+  np.testing.assert_array_equal(idx, want_idx)
+  np.testing.assert_array_equal(ok, want_ok)
+  assert idx.shape == (1, 2, 40, 2)
