@@ -15,9 +15,10 @@ class Killed(Exception):
 
 
 class KilledAt(TextTask):
-  """Dies when asked for the batch of step ``kill_at``, as a preempted job would."""
+  """Dies when asked for the batch of step ``kill_at``, as a preempted job would. The step-3
+  checkpoint is written once step 4 (batch 3) came back finite, so the kill comes after it."""
 
-  kill_at = 3
+  kill_at = 4
 
   def batch(self, step):
     if step == self.kill_at:
