@@ -308,3 +308,16 @@ def test_second_run_on_a_busy_workdir_is_refused_and_the_first_finishes(tmp_path
   with open(os.path.join(workdir, "results.json")) as f:
     assert json.load(f)["train_steps"] == 60
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["55", "60"]
+
+
+@pytest.mark.parametrize("module, argv, word", [
+    ("jaxllm.data.tokenizer", ["train", "--vocab_size=abc"], "--vocab_size"),
+    ("jaxllm.data.text", ["build", "--eval_fraction=x"], "--eval_fraction"),
+    ("jaxllm.eval.attention_fidelity", ["--bogus=1"], "bogus"),
+    ("jaxllm.inference.cost_model", ["--batch=0"], "--batch"),
+])
+def test_every_absl_command_line_gives_one_line_and_exit_2_on_a_bad_flag(module, argv, word):
+  proc = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True,
+                        timeout=120, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1 and word in lines[0], proc.stderr

@@ -25,6 +25,8 @@ import zlib
 
 from absl import app, flags
 
+from jaxllm import cli
+
 DEFAULT_NAME = "python_stdlib"
 DEFAULT_EVAL_FRACTION = 0.05
 VERSION = "1.0.0"
@@ -248,4 +250,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

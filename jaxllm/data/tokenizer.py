@@ -22,6 +22,8 @@ from typing import Protocol
 import numpy as np
 from absl import app, flags
 
+from jaxllm import cli
+
 
 class Tokenizer(Protocol):
   vocab_size: int
@@ -171,4 +173,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

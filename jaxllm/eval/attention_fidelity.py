@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxllm import cli
 from jaxllm.attention import masks as vis
 from jaxllm.attention.sparse import cca, hyper, moba, patterns
 from jaxllm.eval import planted
@@ -344,4 +345,4 @@ def _define_flags():
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(main)
+  app.run(main, flags_parser=cli.parse_flags)

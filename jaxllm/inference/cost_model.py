@@ -328,17 +328,9 @@ def figure(rows: list[dict], path: str) -> None:
   plt.close(fig)
 
 
-def _parse_flags(argv):
-  from absl import flags
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main():
-  from absl import app, flags
+  from absl import flags
+  from jaxllm import cli
 
   flags.DEFINE_string("model", None, "Hugging Face directory or jaxllm config file[:arg].")
   flags.DEFINE_list("context", ["4096", "16384", "50000"], "Context lengths (tokens).")
@@ -401,7 +393,7 @@ def main():
       figure(rows, os.path.splitext(FLAGS.out)[0] + ".png")
     return 0
 
-  app.run(lambda argv: sys.exit(run(argv)), flags_parser=_parse_flags)
+  cli.run(run)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,9 @@ import shlex
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from jaxllm import cli
 
 ACTIONS = ("create", "setup", "run", "logs", "delete")
 ARCHIVE = "/tmp/jaxllm_src.tar.gz"
@@ -85,7 +87,8 @@ def commands(action: str, *, name: str, zone: str, project: str, accelerator: st
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
+    return 2
   try:
     cmds = commands(_ACTION.value, name=_NAME.value, zone=_ZONE.value, project=_PROJECT.value,
                     accelerator=_ACCELERATOR.value, version=_VERSION.value, config=_CONFIG.value,
@@ -107,15 +110,6 @@ def main(argv):
   return 0
 
 
-def _parse_flags(argv):
-  """absl exits 1 on a bad flag; the project's CLIs exit 2 with one line."""
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == "__main__":
   flags.mark_flag_as_required("action")
-  app.run(lambda argv: sys.exit(main(argv)), flags_parser=_parse_flags)
+  cli.run(main)

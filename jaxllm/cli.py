@@ -1,0 +1,23 @@
+"""What every absl command line of jaxllm shares: a bad flag is one line and exit status 2.
+
+absl exits 1 and prints a usage block on a flag it cannot parse; the project's command lines
+promise one line naming the flag and status 2 for any bad input.
+"""
+
+import sys
+
+from absl import app, flags
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with parse errors as ``error: ...`` on one line and exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+    sys.exit(2)
+
+
+def run(main):
+  """``app.run(main)`` with :func:`parse_flags`; ``main``'s return value is the exit status."""
+  app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
