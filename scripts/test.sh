@@ -2,7 +2,8 @@
 # The test suite: the default tier (CPU, no slow/gpu/tpu/multidevice tests), then the multidevice
 # tests in their own process on 8 fake CPU devices, the multi-process tests, the notebooks (nbmake
 # at their CI size), then the device check's dry run (every step of scripts/device_check.sh on CPU
-# at tiny shapes). Extra arguments go to the default tier.
+# at tiny shapes), then the kernel and model tests on jax 0.11.2 (scripts/test_jax011.sh), the
+# version the lent GPU machines carry. Extra arguments go to the default tier.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export JAX_PLATFORMS=cpu
@@ -18,3 +19,4 @@ JAXLLM_NOTEBOOK_SIZE=ci .venv/bin/python -m pytest -o addopts="" -q -n 2 --nbmak
 dry=$(mktemp -d)
 .venv/bin/python scripts/device_check.py --dry-run --budget_s=400 --out="$dry"
 rm -rf "$dry"
+bash scripts/test_jax011.sh
