@@ -278,8 +278,8 @@ def run(methods, lengths, workdir, *, inputs=("planted",), options=None, seed=0,
              "lengths": list(lengths), "inputs": list(inputs), "seed": seed, "rows": rows}
   write_results(workdir, results)
   if figure:
-    from jaxllm.eval import fidelity_figure  # pylint: disable=g-import-not-at-top
-    fidelity_figure.plot(results, os.path.join(workdir, "attention_fidelity.png"))
+    from jaxllm.plots import attention_fidelity as figure  # pylint: disable=g-import-not-at-top
+    figure.plot(results, os.path.join(workdir, "attention_fidelity.png"))
   return results
 
 

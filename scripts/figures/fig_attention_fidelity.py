@@ -6,7 +6,7 @@ writes <workdir>/attention_fidelity.png from <workdir>/results.json of
 """
 
 from jaxllm import figures
-from jaxllm.eval import fidelity_figure
+from jaxllm.plots import attention_fidelity
 
 if __name__ == "__main__":
-  figures.cli(fidelity_figure.plot, "attention_fidelity.png", __doc__.splitlines()[0])
+  figures.cli(attention_fidelity.plot, "attention_fidelity.png", __doc__.splitlines()[0])
