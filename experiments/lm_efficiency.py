@@ -27,26 +27,15 @@ import numpy as np
 import optax
 from flax import nnx
 
-from jaxllm.data.pipeline import TextData
 from jaxllm.inference import decode
 from jaxllm.inference.policies import Policy
 from jaxllm.models.transformer import build, count_params
 from jaxllm.results import write_results
+from jaxllm.train.lm_task import TextTask, masked_lm_loss
 from jaxllm.train.loop import train
 from jaxllm.train.metrics import read_metrics
 
 _EVAL_STREAM = 10**9  # seeds evaluation draws apart from every training step's
-
-
-def _masked_ce(model, batch):
-  packed = {name: batch[name][:, :-1] for name in ("segment_ids", "positions") if name in batch}
-  logits = model(batch["tokens"][:, :-1], **packed)
-  targets = batch["tokens"][:, 1:]
-  mask = batch["mask"].astype(jnp.float32)
-  ce = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
-  denom = jnp.maximum(mask.sum(), 1.0)
-  return jnp.sum(ce * mask) / denom, {"accuracy": jnp.sum(correct * mask) / denom}
 
 
 class RecallTask:
@@ -83,47 +72,11 @@ class RecallTask:
     return self.sample(np.random.default_rng([self.seed, step]), self.batch_size)
 
   def loss(self, model, batch):
-    return _masked_ce(model, batch)
+    return masked_lm_loss(model, batch)
 
   def eval_batches(self, num):
     rng = np.random.default_rng([self.seed, _EVAL_STREAM])
     return [self.sample(rng, self.batch_size) for _ in range(max(num // self.batch_size, 1))]
-
-
-class TextTask:
-  """Language modelling on a text corpus through ``jaxllm.data.pipeline`` (``config.text``).
-
-  Packed rows score only targets inside their own document (``mask``); ``data_state`` /
-  ``restore_data_state`` carry the grain iterator's state through checkpoints. Each process reads
-  its own slice of the global batch (``host_local_batches``).
-  """
-
-  host_local_batches = True
-
-  def __init__(self, config, model_cfg: dict):
-    self.batch_size, self.seed = int(config.train.batch_size), int(config.seed)
-    self.data = TextData(config.text, batch_size=self.batch_size, seed=self.seed)
-    self.seq_len = int(config.text.seq_len)
-    self.model_cfg = dict(model_cfg, vocab_size=self.data.tokenizer.vocab_size,
-                          max_len=self.seq_len)
-
-  def init_model(self, rngs):
-    return build(self.model_cfg, rngs=rngs)
-
-  def batch(self, step: int):
-    return self.data.train(step)
-
-  def data_state(self, step: int) -> dict:
-    return self.data.train.state(step)
-
-  def restore_data_state(self, state: dict):
-    self.data.train.restore(state)
-
-  def loss(self, model, batch):
-    return _masked_ce(model, batch)
-
-  def eval_batches(self, num):
-    return self.data.eval_batches(num)
 
 
 TASKS = {"recall": RecallTask, "text": TextTask}

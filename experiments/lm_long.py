@@ -12,7 +12,7 @@ import time
 
 from flax import nnx
 
-from experiments.lm_efficiency import TextTask
+from jaxllm.train.lm_task import TextTask
 from jaxllm.data.pipeline import held_out_tokens
 from jaxllm.eval import long_context
 from jaxllm.models.transformer import count_params

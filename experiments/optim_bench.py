@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from experiments.lm_efficiency import TextTask
+from jaxllm.train.lm_task import TextTask
 from jaxllm import optim
 from jaxllm.results import write_results
 from jaxllm.train.loop import make_optimizer, train

@@ -39,7 +39,7 @@ def lm_config(config_arg="smoke", steps=None):
 
 def load_or_train(lm_workdir: str, *, config_arg="smoke", steps=None, progress=False):
   """(model, text task): the trained softmax byte LM of ``lm_workdir`` (trained there if new)."""
-  from experiments.lm_efficiency import TextTask  # pylint: disable=g-import-not-at-top
+  from jaxllm.train.lm_task import TextTask  # pylint: disable=g-import-not-at-top
   from jaxllm.train.loop import train  # pylint: disable=g-import-not-at-top
   c = lm_config(config_arg, steps)
   model_cfg = {**c.model.to_dict(), **c.variants.softmax.to_dict()}

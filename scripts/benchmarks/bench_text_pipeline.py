@@ -24,7 +24,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 from configs import lm_long  # noqa: E402
-from experiments.lm_efficiency import TextTask  # noqa: E402
+from jaxllm.train.lm_task import TextTask  # noqa: E402
 from experiments.optim_bench import step_seconds  # noqa: E402
 from jaxllm.data import pipeline, text, tokenizer  # noqa: E402
 from jaxllm.results import write_json  # noqa: E402

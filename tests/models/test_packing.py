@@ -103,17 +103,17 @@ def test_gradients_equal_documents_alone():
 
 
 def test_text_loss_passes_segment_ids_and_positions():
-  from experiments.lm_efficiency import _masked_ce  # pylint: disable=g-import-not-at-top
+  from jaxllm.train.lm_task import masked_lm_loss  # pylint: disable=g-import-not-at-top
   model = build(dict(SMALL, style="llama"), rngs=nnx.Rngs(0))
   tokens, seg, pos = _packed_batch()
   batch = {"tokens": tokens, "segment_ids": seg, "positions": pos,
            "mask": packing.loss_mask(seg)}
-  loss, _ = _masked_ce(model, batch)
+  loss, _ = masked_lm_loss(model, batch)
   logits = model(tokens[:, :-1], segment_ids=seg[:, :-1], positions=pos[:, :-1])
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
   mask = batch["mask"].astype(jnp.float32)
   np.testing.assert_allclose(float(loss), float(jnp.sum(ce * mask) / mask.sum()), rtol=1e-6)
-  unpacked, _ = _masked_ce(model, {"tokens": tokens, "mask": batch["mask"]})
+  unpacked, _ = masked_lm_loss(model, {"tokens": tokens, "mask": batch["mask"]})
   assert abs(float(unpacked) - float(loss)) > 1e-4  # the packing changes the loss
 
 

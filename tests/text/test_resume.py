@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from configs import lm_efficiency as cfg_module
-from experiments.lm_efficiency import TextTask
+from jaxllm.train.lm_task import TextTask
 from jaxllm.data import text
 from jaxllm.train.loop import train
 from jaxllm.train.metrics import read_metrics

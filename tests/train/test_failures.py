@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from experiments.icl.linear_regression import LinearRegressionTask
+from jaxllm.icl.regression_task import LinearRegressionTask
 from jaxllm import main as launcher
 from jaxllm.train import loop
 from jaxllm.train import workdir as workdir_lib
