@@ -39,7 +39,6 @@ def test_cache_recall_with_the_full_cache_is_the_models_own_recall():
   assert set(out) == {"full", f"streaming@{task.seq_len}", "h2o@4"}
   assert abs(out["full"]["accuracy"] - plain) < 1e-9
   assert abs(out[f"streaming@{task.seq_len}"]["accuracy"] - plain) < 1e-9
-  assert 0.0 <= out["h2o@4"]["accuracy"] <= 1.0
   # The bounded cache's accuracy is scored on the answers (odd probe positions) of its own logits.
   hits = []
   for b in task.eval_batches(64):
