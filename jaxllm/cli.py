@@ -14,10 +14,29 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
-    sys.exit(2)
+    fail(e)
 
 
 def run(main):
   """``app.run(main)`` with :func:`parse_flags`; ``main``'s return value is the exit status."""
   app.run(lambda argv: sys.exit(main(argv)), flags_parser=parse_flags)
+
+
+def fail(message) -> None:
+  """Prints ``error: message`` on one line of stderr and exits with status 2."""
+  print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+  sys.exit(2)
+
+
+def expect_command(argv, command: str, usage: str) -> None:
+  """Exits 2 with ``usage`` unless the one positional argument is ``command``."""
+  if len(argv) != 2 or argv[1] != command:
+    print(f"usage: {usage}", file=sys.stderr)
+    sys.exit(2)
+
+
+def require(*names: str) -> None:
+  """Exits 2 naming the first of the flags ``names`` left empty."""
+  for name in names:
+    if not flags.FLAGS[name].value:
+      fail(f"--{name} is required")

@@ -19,7 +19,6 @@ import math
 import os
 import re
 import shutil
-import sys
 import sysconfig
 import zlib
 
@@ -230,21 +229,15 @@ def _define_flags():
 
 def main(argv):
   FLAGS = flags.FLAGS
-  if len(argv) != 2 or argv[1] != "build":
-    print("usage: python -m jaxllm.data.text build --input=GLOB --data_dir=DIR --name=NAME",
-          file=sys.stderr)
-    sys.exit(2)
-  for flag in ("input", "name"):
-    if not FLAGS[flag].value:
-      print(f"error: --{flag} is required", file=sys.stderr)
-      sys.exit(2)
+  cli.expect_command(argv, "build",
+                     "python -m jaxllm.data.text build --input=GLOB --data_dir=DIR --name=NAME")
+  cli.require("input", "name")
   try:
     path = build(FLAGS.input, FLAGS.data_dir or default_data_dir(), FLAGS.name,
                  per_line=FLAGS.per_line, field=FLAGS.field, eval_fraction=FLAGS.eval_fraction,
                  overwrite=FLAGS.overwrite)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   print(path)
 
 

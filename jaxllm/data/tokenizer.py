@@ -15,7 +15,6 @@ writes ``tokenizers/stdlib_2k.model`` (and ``.vocab``); use it as ``text.tokeniz
 
 import os
 import shutil
-import sys
 import tempfile
 from typing import Protocol
 
@@ -154,20 +153,15 @@ def _define_flags():
 
 def main(argv):
   FLAGS = flags.FLAGS
-  if len(argv) != 2 or argv[1] != "train":
-    print("usage: python -m jaxllm.data.tokenizer train --output=PREFIX [--name=NAME "
-          "--data_dir=DIR --vocab_size=N]", file=sys.stderr)
-    sys.exit(2)
-  if not FLAGS.output:
-    print("error: --output is required", file=sys.stderr)
-    sys.exit(2)
+  cli.expect_command(argv, "train", "python -m jaxllm.data.tokenizer train --output=PREFIX "
+                     "[--name=NAME --data_dir=DIR --vocab_size=N]")
+  cli.require("output")
   try:
     path = train_sentencepiece(FLAGS.name, FLAGS.data_dir, FLAGS.output,
                                vocab_size=FLAGS.vocab_size, model_type=FLAGS.model_type,
                                max_lines=FLAGS.max_lines, input_pattern=FLAGS.input)
   except ValueError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    cli.fail(e)
   print(path)
 
 
