@@ -197,19 +197,30 @@ def _begin(state: Dialogue, n_in: int) -> Dialogue:
       count=jnp.sum(keep[0]).astype(jnp.int32))
 
 
+# The model's pass is compiled once per (model structure, cache shape, chunk length), whatever
+# the policy; the policy's bookkeeping is compiled separately.
 @nnx.jit
-def _feed(model, state: Dialogue, tokens_BC):
-  """Appends a chunk at the next slots without eviction; returns its logits [B, C, V]."""
+def _forward(model, slot_layers, count, tokens_BC):
   b, c = tokens_BC.shape
-  slots = state.count + jnp.arange(c, dtype=jnp.int32)
-  logits, new_layers = model(tokens_BC, positions=jnp.broadcast_to(slots, (b, c)),
-                             cache=state.layers)
+  slots = jnp.broadcast_to(count + jnp.arange(c, dtype=jnp.int32), (b, c))
+  return model(tokens_BC, positions=slots, cache=slot_layers)
+
+
+@jax.jit
+def _record(state: Dialogue, slot_layers, tokens_BC) -> Dialogue:
+  b, c = tokens_BC.shape
   at = (0, state.count)
   pos = jnp.broadcast_to(state.length + jnp.arange(c, dtype=jnp.int32), (b, c))
-  return logits, state.replace(
-      layers=new_layers, tokens=jax.lax.dynamic_update_slice(state.tokens, tokens_BC, at),
+  return state.replace(
+      layers=slot_layers, tokens=jax.lax.dynamic_update_slice(state.tokens, tokens_BC, at),
       pos=jax.lax.dynamic_update_slice(state.pos, pos, at), count=state.count + c,
       length=state.length + c)
+
+
+def _feed(model, state: Dialogue, tokens_BC):
+  """Appends a chunk at the next slots without eviction; returns its logits [B, C, V]."""
+  logits, slot_layers = _forward(model, state.layers, state.count, tokens_BC)
+  return logits, _record(state, slot_layers, tokens_BC)
 
 
 @jax.jit
