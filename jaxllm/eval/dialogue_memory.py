@@ -36,9 +36,9 @@ METHODS = ("full", "sirllm", "sirllm_public", "streaming")
 
 @dataclasses.dataclass(frozen=True)
 class Task:
-  """Sizes of the synthetic dialogue (defaults: turns of 8 tokens, 48 items, 8 fillers)."""
-  num_items: int = 48
-  num_fillers: int = 8
+  """Sizes of the synthetic dialogue (defaults: turns of 8 tokens, 24 items, 6 fillers)."""
+  num_items: int = 24
+  num_fillers: int = 6
   turn_len: int = 8
 
   def __post_init__(self):
@@ -78,10 +78,17 @@ def dialogues(task: Task, rng: np.random.Generator, batch: int, distractors: int
   return [t.astype(np.int32) for t in turns], items.astype(np.int32)
 
 
-def training_batch(task: Task, rng: np.random.Generator, batch: int, max_distractors: int):
+def training_batch(task: Task, rng: np.random.Generator, batch: int, max_distractors: int,
+                   compressed: float = 0.5):
   """Right-padded dialogues with 0..max_distractors distractor turns, answered.
 
-  Returns (inputs [B, T], targets [B, T], weights [B, T]): next-token targets on every real
+  A ``compressed`` share of them is seen as a bounded cache leaves it: before the last two turns
+  each token other than the four sinks and the item is dropped with a probability drawn from
+  [0.1, 0.95], the rest closing up (positions as slots); those rows are scored on their intact
+  tail only. Without this the LM meets compressed contexts only at evaluation and its entropies
+  there are noise.
+
+  Returns (inputs [B, T], targets [B, T], weights [B, T]): next-token targets on every scored
   token, the answer weighted as much as the rest of its dialogue together.
   """
   n = task.turn_len
@@ -91,9 +98,17 @@ def training_batch(task: Task, rng: np.random.Generator, batch: int, max_distrac
   for b, d in enumerate(rng.integers(0, max_distractors + 1, batch)):
     turns, items = dialogues(task, rng, 1, int(d))
     seq = np.concatenate(turns + [np.asarray([[items[0], E]])], axis=1)[0]
+    first = 0
+    if d > 0 and rng.random() < compressed:
+      cut = len(seq) - 2 * n - 4  # the last two turns, the question and the answer stay
+      keep = rng.random(cut) > rng.uniform(0.1, 0.95)
+      keep[:4] = True
+      keep[seq[:cut] == items[0]] = True
+      seq = np.concatenate([seq[:cut][keep], seq[cut:]])
+      first = int(keep.sum())
     x[b, :len(seq)] = seq
-    w[b, :len(seq) - 1] = 1.0
-    w[b, len(seq) - 3] = len(seq) - 2  # the prediction of the item after Q
+    w[b, first:len(seq) - 1] = 1.0
+    w[b, len(seq) - 3] = len(seq) - 1 - first  # the prediction of the item after Q
   return x[:, :-1], x[:, 1:], w
 
 
@@ -102,8 +117,8 @@ def model_config(task: Task, d_model: int = 64, num_layers: int = 2, num_heads: 
               num_heads=num_heads, max_len=4096)
 
 
-def train(task: Task, *, steps: int, batch: int = 32, learning_rate: float = 3e-3,
-          max_distractors: int = 20, seed: int = 0, model_kw: dict | None = None):
+def train(task: Task, *, steps: int, batch: int = 16, learning_rate: float = 5e-3,
+          max_distractors: int = 10, seed: int = 0, model_kw: dict | None = None):
   """Trains a small llama-style LM on the dialogues (AdamW, cosine decay, clip 1).
 
   Returns (model, final loss: the mean over the last 10 steps).
@@ -219,7 +234,7 @@ def main():
   flags.DEFINE_integer("recent", 0, "SirLLM's recent part.", lower_bound=0)
   flags.DEFINE_float("eta", 1.0, "SirLLM memory decay per turn (Grocery: 1).")
   flags.DEFINE_integer("num_dialogues", 64, "Dialogues per distractor count.", lower_bound=1)
-  flags.DEFINE_integer("train_steps", 600, "Training steps of the LM.", lower_bound=1)
+  flags.DEFINE_integer("train_steps", 800, "Training steps of the LM.", lower_bound=1)
   flags.DEFINE_integer("seed", 0, "Training seed (evaluation dialogues use seed + 1).",
                        lower_bound=0)
   FLAGS = flags.FLAGS
