@@ -1,7 +1,7 @@
 """The deployment cost model (``jaxllm.inference.cost_model``) against jaxllm measured on this CPU.
 
-  python scripts/benchmarks/bench_cost_model.py [--contexts 512,2048] [--decode-contexts 512,4096]
-      [--layers 4] [--width 256] [--out runs/bench_cost_model.json]
+  python scripts/benchmarks/bench_cost_model.py [--contexts 512,2048] [--decode-contexts 512,8192]
+      [--layers 4] [--width 256] [--out runs/bench_cost_model.json] [--notes FILE]
 
 The CPU is described to the cost model as ``custom`` hardware from two measurements made first in
 the same run: ``peak_flops`` = the float32 rate of a jitted square matmul (``--matmul`` wide), and
@@ -60,7 +60,7 @@ def measure_cpu(matmul: int, stream_mib: int, repeats: int) -> dict:
 def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--contexts", default="512,2048", help="prefill lengths (comma-separated)")
-  p.add_argument("--decode-contexts", default="512,4096", help="cached tokens while decoding")
+  p.add_argument("--decode-contexts", default="512,8192", help="cached tokens while decoding")
   p.add_argument("--layers", type=int, default=4)
   p.add_argument("--width", type=int, default=256)
   p.add_argument("--heads", type=int, default=8)
