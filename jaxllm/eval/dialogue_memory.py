@@ -157,15 +157,16 @@ def evaluate(model, task: Task, policies: dict, distractors, *, num_dialogues: i
   ``policies`` maps a method name to a turn ``Policy`` (``jaxllm.inference.sirllm``), or to None
   for the full-cache forward over the whole dialogue.
   """
-  import jax.numpy as jnp
+  from flax import nnx
   from jaxllm.inference import sirllm
+  forward = nnx.jit(lambda m, t: m(t)[:, -1])
   rows = []
   for d in distractors:
     turns, items = dialogues(task, np.random.default_rng([seed, d]), num_dialogues, d)
     whole = np.concatenate(turns, axis=1)
     for name, policy in policies.items():
       if policy is None:
-        answer = np.asarray(model(jnp.asarray(whole))[:, -1]).argmax(-1)
+        answer = np.asarray(forward(model, whole)).argmax(-1)
         in_cache = np.ones(num_dialogues, bool)
       else:
         state = sirllm.start(model, policy, num_dialogues)

@@ -51,6 +51,7 @@ import functools
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxllm import attention as attn_api
@@ -238,20 +239,20 @@ def _check_chunk(model, state: Dialogue, tokens, n_in: int, what: str):
   if not isinstance(state, Dialogue):
     raise ValueError(f"state must be a sirllm.Dialogue (from sirllm.start), got "
                      f"{type(state).__name__}")
-  tokens = jnp.asarray(tokens)
+  tokens = np.asarray(tokens)
   b = state.tokens.shape[0]
   if tokens.ndim != 2 or tokens.shape[0] != b or tokens.shape[1] < 1:
     raise ValueError(f"{what} must be int token ids [B, C] with B = {b} (the dialogue batch) "
                      f"and C >= 1, got shape {tokens.shape}")
-  if not jnp.issubdtype(tokens.dtype, jnp.integer):
+  if not np.issubdtype(tokens.dtype, np.integer):
     raise ValueError(f"{what} must hold integer token ids, got dtype {tokens.dtype}")
-  if int(jnp.min(tokens)) < 0 or int(jnp.max(tokens)) >= model.cfg.vocab_size:
+  if tokens.min() < 0 or tokens.max() >= model.cfg.vocab_size:
     raise ValueError(f"{what} token ids must lie in [0, vocab_size={model.cfg.vocab_size})")
   policy = state.policy
   if n_in > policy.budget - policy.sinks:
     raise ValueError(f"a turn of {n_in} tokens does not fit the cache: need n_in <= budget - "
                      f"sinks = {policy.budget - policy.sinks}")
-  return tokens.astype(jnp.int32)
+  return jnp.asarray(tokens, jnp.int32)
 
 
 def turn(model, state: Dialogue, tokens_BC, *, reserve: int = 0):
