@@ -84,7 +84,7 @@ def test_sirllm_beats_streaming_llm_at_equal_cache(tmp_path):
   assert proc.returncode == 0, proc.stderr[-2000:]
   rows = json.loads((tmp_path / "results.json").read_text())["rows"]
   at = {(r["method"], r["distractors"]): r for r in rows}
-  assert at["full", 0]["recall"] >= 0.8
+  assert at["full", 0]["recall"] >= 0.75
   for d in (10, 20):
     assert at["streaming", d]["item_in_cache"] == 0
     assert at["sirllm", d]["item_in_cache"] >= 0.9
