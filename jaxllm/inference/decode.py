@@ -122,6 +122,9 @@ def prefill(model, tokens_BT, policy: Policy, max_new_tokens: int, lengths=None)
   ``policy.budget`` tokens.
   """
   check_model(model)
+  if policy.name == "sirllm":
+    raise ValueError("policy 'sirllm' evicts by dialogue turns with positions as slots: use "
+                     "jaxllm.inference.sirllm (start, turn, respond) or decode.generate")
   b, t = tokens_BT.shape
   lengths = (jnp.full((b,), t, jnp.int32) if lengths is None
              else jnp.asarray(lengths, jnp.int32))
@@ -229,6 +232,12 @@ def generate(model, prompt_BT, max_new_tokens: int, policy=None, *, lengths=None
   if temperature > 0 and rng is None:
     raise ValueError("sampling (temperature > 0) needs rng, a jax PRNG key")
   prompt_BT, lengths = _check_prompt(model, prompt_BT, max_new_tokens, lengths, padding)
+  if policy.name == "sirllm":  # one dialogue turn on an empty cache
+    if return_trace or int(jnp.min(lengths)) != prompt_BT.shape[1]:
+      raise ValueError("policy 'sirllm' generates from unpadded prompts without return_trace")
+    from jaxllm.inference import sirllm
+    return sirllm.generate(model, prompt_BT, max_new_tokens, policy, temperature=temperature,
+                           top_p=top_p, rng=rng)
   keys = (jax.random.split(rng, max_new_tokens) if temperature > 0
           else [None] * max_new_tokens)
   choose = lambda logits, key: sample(logits, key, temperature=temperature, top_p=top_p)

@@ -22,6 +22,11 @@ tokens each step attends to. Policies:
   code's ``similarity_threshold``). ``impl='pallas'`` reads only the selected tokens through the
   sparse-decode kernel (``pallas_kernels.sparse_decode``; interpreted on CPU); ``auto`` takes the
   kernel on GPU / TPU and the masked softmax elsewhere.
+* ``sirllm`` (SirLLM, Yao et al. 2024): a cache of ``sinks`` (start_size) + ``recent`` +
+  ``token_entropy_size`` tokens that evicts once per dialogue turn by token entropy, with memory
+  decay ``eta`` and positions as slots inside the cache; it runs by turns in
+  ``jaxllm.inference.sirllm`` (see there for the rule). ``entropy_rule``: ``paper``
+  (e_t = -log P(x_t | x_<t)) or ``public`` (the public code's value, one position early).
 
 Token positions are kept with the cached keys (rotary positions are applied before caching), so an
 evicted cache still scores each key at its original position.
@@ -33,8 +38,9 @@ import dataclasses
 
 import jax.numpy as jnp
 
-POLICIES = ("full", "streaming", "h2o", "tokenselect")
+POLICIES = ("full", "streaming", "h2o", "tokenselect", "sirllm")
 IMPLS = ("xla", "pallas", "auto")
+ENTROPY_RULES = ("paper", "public")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,14 +48,22 @@ class Policy:
   """An eviction policy and its budget (the most tokens kept per kv head after each step)."""
   name: str = "full"
   budget: int | None = None  # None: unbounded (only for "full")
-  sinks: int = 4  # streaming, tokenselect: tokens kept from the start of the sequence
+  sinks: int = 4  # streaming, tokenselect, sirllm (start_size): tokens kept from the start
   recent: int | None = None  # h2o, tokenselect: latest tokens always kept; None -> budget // 2
+  # (sirllm: the cache's recent part, None -> 0)
   threshold: float = 0.9  # tokenselect: reuse the selection above this query cosine similarity
   impl: str = "auto"  # tokenselect: how the selected subset is read (see the module docstring)
+  # sirllm (defaults: the public Grocery run, eta 1; budget = sinks + recent + token_entropy_size,
+  # either given, the other derived; recent defaults to 0).
+  token_entropy_size: int | None = None
+  eta: float = 1.0  # memory decay of the stored entropies, once per turn
+  entropy_rule: str = "paper"
 
   def __post_init__(self):
     if self.name not in POLICIES:
       raise ValueError(f"policy name {self.name!r} unknown; allowed: {list(POLICIES)}")
+    if self.name == "sirllm":
+      self._sirllm_fields()
     b = self.budget
     if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
       raise ValueError(f"policy.budget must be a positive int or None, got {b!r}")
@@ -69,6 +83,32 @@ class Policy:
                        f"selection, -1: always), got {t!r}")
     if self.impl not in IMPLS:
       raise ValueError(f"policy.impl={self.impl!r} unknown; allowed: {list(IMPLS)}")
+
+  def _sirllm_fields(self):
+    for f in ("sinks", "recent", "token_entropy_size", "budget"):
+      v = getattr(self, f)
+      if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        raise ValueError(f"sirllm policy: {f} must be an int >= 0 or None, got {v!r}")
+    recent = self.recent or 0
+    te, b = self.token_entropy_size, self.budget
+    if te is None and b is None:
+      raise ValueError("sirllm policy needs token_entropy_size (the entropy-selected tokens) or "
+                       "budget (the cache size, sinks + recent + token_entropy_size)")
+    if te is None:
+      te = b - self.sinks - recent
+    if b is None:
+      b = self.sinks + recent + te
+    if te < 0 or b != self.sinks + recent + te or b < 1:
+      raise ValueError(f"sirllm policy: budget={b} must equal sinks={self.sinks} + recent="
+                       f"{recent} + token_entropy_size={te} and be >= 1")
+    object.__setattr__(self, "token_entropy_size", te)
+    object.__setattr__(self, "budget", b)
+    e = self.eta
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or not 0 <= e <= 1:
+      raise ValueError(f"sirllm policy: eta (memory decay) must be a number in [0, 1], got {e!r}")
+    if self.entropy_rule not in ENTROPY_RULES:
+      raise ValueError(f"sirllm policy: entropy_rule={self.entropy_rule!r} unknown; allowed: "
+                       f"{list(ENTROPY_RULES)}")
 
   @property
   def num_recent(self) -> int:
