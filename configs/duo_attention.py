@@ -46,7 +46,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if arg == "smoke":
     c.text.seq_len = 256
     c.model.update(d_model=64, num_layers=2, num_heads=4, num_kv_heads=4)
-    c.base.update(steps=600, batch_size=16, learning_rate=5e-3, warmup_steps=30, seq_len=256,
+    c.base.update(steps=800, batch_size=16, learning_rate=5e-3, warmup_steps=30, seq_len=256,
                   num_passkeys=4, passkey_length=4)
     c.gates.update(steps=150, sinks=8, recent=32, batch_size=4, seq_len=256, num_passkeys=4,
                    passkey_length=4, log_every=25)

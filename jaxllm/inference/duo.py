@@ -221,9 +221,10 @@ def passkey_sample(rng, tokenizer, haystack, *, length: int, num_passkeys: int =
                    passkey_length: int = 32, num_queries: int | None = None,
                    depth_range=(0.0, 1.0)):
   """One real-text haystack of exactly ``length`` tokens with ``num_passkeys`` passkeys of
-  ``passkey_length`` random digits inserted at random depths (``PASSKEY_C = $<digits>``, code
-  style for a source-code corpus, C a letter), then ``num_queries`` of them (default all, in
-  random order) asked for at the end (``assert PASSKEY_C == $<digits>``).
+  ``passkey_length`` random digits inserted at random depths (``PASSKEY_C$<digits>``, C a letter),
+  then ``num_queries`` of them (default all, in random order) asked for at the end by repeating
+  the passkey's prefix (``PASSKEY_C$``), as the landmark-attention passkey task repeats "The pass
+  key is".
 
   Returns (tokens int32 [length], answer bool [length]: True on the asked passkeys' digits).
   """
@@ -241,9 +242,9 @@ def passkey_sample(rng, tokenizer, haystack, *, length: int, num_passkeys: int =
   enc = lambda s: np.asarray(tokenizer.encode(s), np.int32)
   keys = ["".join(str(int(c)) for c in rng.integers(0, 10, passkey_length))
           for _ in range(num_passkeys)]
-  needles = [enc(f"\nPASSKEY_{_NAMES[i]} = ${key}\n") for i, key in enumerate(keys)]
+  needles = [enc(f"\nPASSKEY_{_NAMES[i]}${key}\n") for i, key in enumerate(keys)]
   asked = rng.permutation(num_passkeys)[:num_queries]
-  questions = [(enc(f"\nassert PASSKEY_{_NAMES[i]} == $"), enc(keys[i])) for i in asked]
+  questions = [(enc(f"\nPASSKEY_{_NAMES[i]}$"), enc(keys[i])) for i in asked]
   fixed = sum(len(n) for n in needles) + sum(len(q) + len(a) for q, a in questions)
   context = length - fixed
   if context < 1:
