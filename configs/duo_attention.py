@@ -44,13 +44,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       seq_len=4096, num_samples=64, num_passkeys=10, passkey_length=32, batch_size=4,
       decode_tokens=64, decode_batch=1))
   if arg == "smoke":
-    c.text.seq_len = 256
+    # One passkey per haystack: a 2-layer model learns to copy it within the smoke's budget.
+    c.text.seq_len = 192
     c.model.update(d_model=64, num_layers=2, num_heads=4, num_kv_heads=4)
-    c.base.update(steps=800, batch_size=16, learning_rate=5e-3, warmup_steps=30, seq_len=256,
-                  num_passkeys=4, passkey_length=4)
-    c.gates.update(steps=150, sinks=8, recent=32, batch_size=4, seq_len=256, num_passkeys=4,
-                   passkey_length=4, log_every=25)
-    c.deploy.update(sinks=4, recent=32)
-    c.eval.update(seq_len=256, num_samples=64, num_passkeys=4, passkey_length=4, batch_size=32,
+    c.base.update(steps=2000, batch_size=16, learning_rate=6e-3, warmup_steps=30, seq_len=192,
+                  num_passkeys=1, passkey_length=6)
+    c.gates.update(steps=200, sinks=8, recent=24, batch_size=4, seq_len=192, num_passkeys=1,
+                   passkey_length=6, log_every=25)
+    c.deploy.update(sinks=4, recent=24)
+    c.eval.update(seq_len=192, num_samples=64, num_passkeys=1, passkey_length=6, batch_size=32,
                   decode_tokens=32, decode_batch=4)
   return c

@@ -92,7 +92,7 @@ def passkey_accuracy(model, policy, tokens, answer, batch: int) -> float:
   """Share of samples whose every answer token is the argmax, teacher-forced through the cache
   of ``policy`` (the answer is the last tokens of every row)."""
   n = int(answer[0].sum())
-  if not (answer[:, -n:].all() and answer.sum(1) == n).all():
+  if not (answer[:, -n:].all() and (answer.sum(1) == n).all()):
     raise ValueError("evaluation samples must end with their one answer")
   a0 = tokens.shape[1] - n
   hits = []

@@ -20,6 +20,7 @@ def _samples(n=6, length=40):
   return tokens, answer
 
 
+@pytest.mark.slow
 def test_passkey_accuracy_through_the_full_cache_is_the_models_own():
   """On a model's own greedy continuations accuracy is 1; one wrong answer token makes it 0."""
   model = helpers.model(num_kv_heads=2)
