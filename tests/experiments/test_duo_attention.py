@@ -47,7 +47,7 @@ def test_kv_bytes_of_the_run_match_the_cost_model():
 @pytest.mark.slow
 def test_smoke_run_end_to_end(tmp_path):
   config = cfg_module.get_config("smoke")
-  config.base.update(steps=20, batch_size=4, seq_len=128)
+  config.base.update(steps=20, warmup_steps=5, batch_size=4, seq_len=128)
   config.gates.update(steps=4, batch_size=2, seq_len=128, log_every=2)
   config.eval.update(seq_len=128, num_samples=8, batch_size=8, decode_tokens=4, decode_batch=2)
   config.deploy.random_seeds = (0,)
