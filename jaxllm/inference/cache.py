@@ -10,6 +10,8 @@ the method's registered decode rule (``jaxllm.attention.registry.DECODES``):
   keeps: all of them (``dense``) or those the method's window / sinks leave visible (``sparse``).
   A window subset, and TokenSelect's selection, is read through ``pallas_kernels.sparse_decode``
   when the impl asks for the kernel.
+* ``duo`` (DuoAttention, :class:`DuoPrefill`): per-kv-head budgets in one cache: retrieval heads
+  keep every token, streaming heads the sinks and recent tokens only.
 * ``recurrent``: the decayed linear state [B, H, D, E] of ``jaxllm.attention.linear.state``: O(1)
   per token.
 
@@ -26,6 +28,7 @@ import math
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxllm import attention as attn_api
 from jaxllm.attention import linear as linear_attn
@@ -305,3 +308,148 @@ class Masked:
     o, _ = dense.masked_attention(q, k, v, self.visible[:, :, None], scale=scale,
                                   softcap=softcap)
     return o, self
+
+
+def _kv_group(x_BTHD, kv_heads, hkv: int):
+  """The query heads [B, T, len(kv_heads) * G, D] that read the kv heads ``kv_heads`` (a GQA
+  group stays whole)."""
+  b, t, h, d = x_BTHD.shape
+  g = h // hkv
+  return x_BTHD.reshape(b, t, hkv, g, d)[:, :, kv_heads].reshape(b, t, len(kv_heads) * g, d)
+
+
+def _merge_groups(parts, order, hkv: int):
+  """The inverse of :func:`_kv_group` over a split of the kv heads: the per-part outputs
+  [B, T, n_i * G, D], concatenated in ``order`` (the parts' kv heads in sequence), back in head
+  order [B, T, H, D]."""
+  b, t, _, d = parts[0].shape
+  total = sum(p.shape[2] for p in parts)
+  g = total // hkv
+  o = jnp.concatenate([p.reshape(b, t, -1, g, d) for p in parts], axis=2)
+  return o[:, :, np.argsort(order)].reshape(b, t, total, d)
+
+
+def streaming_visible(now, pos, *, sinks: int, recent: int):
+  """What a DuoAttention streaming head lets the query at ``now`` see among cached positions
+  ``pos`` (-1 empty): the first ``sinks`` tokens and the ``recent`` tokens before it (plus itself,
+  which the decode step appends); the band of ``sink_window`` with window = recent + 1."""
+  return (pos >= 0) & (pos <= now) & ((pos < sinks) | (now - pos <= recent))
+
+
+@flax.struct.dataclass
+class DuoPrefill:
+  """An empty DuoAttention cache with per-kv-head budgets (``jaxllm.inference.duo``): retrieval
+  heads (``retrieval[j]`` True) keep every token in ``full_slots`` slots, streaming heads the first
+  ``sinks`` and the last ``recent`` tokens in ``stream_slots`` = min(total, sinks + recent) slots.
+
+  The prompt runs the retrieval heads through the model's own method and the streaming heads
+  through the block-sparse ``sink_window`` op (window = recent + 1, see
+  :func:`streaming_visible`).
+  """
+  lengths: jax.Array  # int32 [B]
+  retrieval: tuple = flax.struct.field(pytree_node=False)  # bool per kv head
+  sinks: int = flax.struct.field(pytree_node=False)
+  recent: int = flax.struct.field(pytree_node=False)
+  full_slots: int = flax.struct.field(pytree_node=False)
+  stream_slots: int = flax.struct.field(pytree_node=False)
+
+  def attend(self, q, k, v, positions, *, method, impl, options):
+    del positions  # the prompt sits at columns 0..T-1
+    b, t, h, d = q.shape
+    hkv = k.shape[2]
+    ret = np.asarray(self.retrieval, bool)
+    r_idx, s_idx = np.flatnonzero(ret), np.flatnonzero(~ret)
+    scale, softcap, _, _ = mask_options(method, options, d)
+    parts = []
+    if r_idx.size:
+      parts.append(attn_api.attention(_kv_group(q, r_idx, hkv), k[:, :, r_idx], v[:, :, r_idx],
+                                      method=method, impl=impl, causal=True, **options))
+    if s_idx.size:
+      parts.append(attn_api.attention(
+          _kv_group(q, s_idx, hkv), k[:, :, s_idx], v[:, :, s_idx], method="sink_window",
+          impl=impl, causal=True, sinks=self.sinks, window=self.recent + 1, scale=scale,
+          softcap=softcap))
+    o = _merge_groups(parts, np.concatenate([r_idx, s_idx]), hkv)
+    col = jnp.arange(t, dtype=jnp.int32)[None]  # [1, T]
+    valid = col < self.lengths[:, None]
+    full_pos = jnp.where(valid, col, -1)
+    # The next query (at position L) sees the sinks and positions >= L - recent.
+    keep = valid & ((col < self.sinks) | (col >= self.lengths[:, None] - self.recent))
+    stream_pos = jnp.where(keep, col, -1)
+    kf, vf, pf = _fit(k[:, :, r_idx], v[:, :, r_idx], full_pos, self.full_slots)
+    ks, vs, ps = _fit(k[:, :, s_idx], v[:, :, s_idx], stream_pos, self.stream_slots)
+    return o, DuoLayer(kf, vf, pf, ks, vs, ps, retrieval=self.retrieval, sinks=self.sinks,
+                       recent=self.recent)
+
+
+def _fit(k, v, pos_BT, slots: int):
+  """Keys, values [B, slots, n, D] and positions [B, n, slots] of the kept tokens (pos >= 0) in
+  position order, padded with empty slots; the caller guarantees they fit."""
+  b, t, n, _ = k.shape
+  pos = jnp.broadcast_to(pos_BT[:, None], (b, n, t))
+  if slots >= t:
+    pad = slots - t
+    return (jnp.pad(k, ((0, 0), (0, pad), (0, 0), (0, 0))),
+            jnp.pad(v, ((0, 0), (0, pad), (0, 0), (0, 0))),
+            jnp.pad(pos, ((0, 0), (0, 0), (0, pad)), constant_values=-1))
+  order = jnp.argsort(pos_BT < 0, axis=-1, stable=True)[:, :slots]  # [B, slots]
+  take = lambda x: jnp.take_along_axis(x, order[:, :, None, None], axis=1)
+  return take(k), take(v), jnp.take_along_axis(pos, order[:, None, :], axis=-1)
+
+
+@flax.struct.dataclass
+class DuoLayer:
+  """A filled DuoAttention cache; ``attend`` is one decode step. Retrieval heads append the new
+  token and attend over everything; streaming heads attend over their sinks + recent tokens plus
+  the new one, which then replaces the oldest non-sink token (a free slot first), so the streaming
+  part never holds more than sinks + recent tokens."""
+  kf: jax.Array  # [B, Sf, Kr, D] retrieval heads
+  vf: jax.Array
+  pf: jax.Array  # int32 [B, Kr, Sf], -1 empty
+  ks: jax.Array  # [B, Ss, Ks, D] streaming heads
+  vs: jax.Array
+  ps: jax.Array  # int32 [B, Ks, Ss]
+  retrieval: tuple = flax.struct.field(pytree_node=False)
+  sinks: int = flax.struct.field(pytree_node=False)
+  recent: int = flax.struct.field(pytree_node=False)
+
+  def attend(self, q, k, v, positions, *, method, impl, options):
+    del impl
+    d = q.shape[-1]
+    hkv = k.shape[2]
+    ret = np.asarray(self.retrieval, bool)
+    r_idx, s_idx = np.flatnonzero(ret), np.flatnonzero(~ret)
+    scale, softcap, _, _ = mask_options(method, options, d)
+    now = positions[:, 0].astype(jnp.int32)  # [B]
+    now_b = now[:, None, None]
+    parts, new = [], {}
+    if r_idx.size:
+      hit = jax.nn.one_hot(policies.free_slot(self.pf), self.pf.shape[-1], dtype=bool)
+      pf = jnp.where(hit, now_b, self.pf)
+      hit_s = jnp.moveaxis(hit, 1, 2)[..., None]
+      kf = jnp.where(hit_s, k[:, :, r_idx], self.kf)
+      vf = jnp.where(hit_s, v[:, :, r_idx], self.vf)
+      o, _ = dense.masked_attention(_kv_group(q, r_idx, hkv), kf, vf,
+                                    (pf >= 0)[:, :, None, None, :], scale=scale, softcap=softcap)
+      parts.append(o)
+      new.update(kf=kf, vf=vf, pf=pf)
+    if s_idx.size:
+      k_s, v_s = k[:, :, s_idx], v[:, :, s_idx]
+      n = len(s_idx)
+      pos = jnp.concatenate([self.ps, jnp.broadcast_to(now_b, (now.shape[0], n, 1))], axis=-1)
+      vis = streaming_visible(now_b, pos, sinks=self.sinks, recent=self.recent)
+      o, _ = dense.masked_attention(_kv_group(q, s_idx, hkv),
+                                    jnp.concatenate([self.ks, k_s], axis=1),
+                                    jnp.concatenate([self.vs, v_s], axis=1),
+                                    vis[:, :, None, None, :], scale=scale, softcap=softcap)
+      parts.append(o)
+      free = self.ps < 0
+      oldest = jnp.argmin(jnp.where(self.ps >= self.sinks, self.ps, jnp.iinfo(jnp.int32).max),
+                          axis=-1)
+      victim = jnp.where(jnp.any(free, axis=-1), jnp.argmax(free, axis=-1), oldest)
+      hit = jax.nn.one_hot(victim, self.ps.shape[-1], dtype=bool)  # [B, Ks, Ss]
+      hit_s = jnp.moveaxis(hit, 1, 2)[..., None]
+      new.update(ks=jnp.where(hit_s, k_s, self.ks), vs=jnp.where(hit_s, v_s, self.vs),
+                 ps=jnp.where(hit, now_b, self.ps))
+    o = _merge_groups(parts, np.concatenate([r_idx, s_idx]), hkv)
+    return o, self.replace(**new)

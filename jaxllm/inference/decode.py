@@ -64,10 +64,11 @@ def check_model(model) -> None:
 
 def as_policy(policy) -> Policy:
   """``policy`` as a :class:`Policy`: None (full cache), a Policy, or a name that needs no other
-  field (``'full'``)."""
+  field (``'full'``); a policy that builds its own per-layer caches (``layer_caches``, e.g.
+  ``jaxllm.inference.duo.DuoPolicy``) passes as it is."""
   if policy is None:
     return Policy()
-  if isinstance(policy, Policy):
+  if isinstance(policy, Policy) or hasattr(policy, "layer_caches"):
     return policy
   if isinstance(policy, str):
     try:
@@ -128,8 +129,11 @@ def prefill(model, tokens_BT, policy: Policy, max_new_tokens: int, lengths=None)
   b, t = tokens_BT.shape
   lengths = (jnp.full((b,), t, jnp.int32) if lengths is None
              else jnp.asarray(lengths, jnp.int32))
-  slots = max(policy.slots(t + max_new_tokens), 1)
-  empty = tuple(_empty(model, policy, lengths, slots) for _ in model.blocks)
+  if hasattr(policy, "layer_caches"):  # per-head budgets (``duo.DuoPolicy``): its own caches
+    empty = policy.layer_caches(model, lengths, t + max_new_tokens)
+  else:
+    slots = max(policy.slots(t + max_new_tokens), 1)
+    empty = tuple(_empty(model, policy, lengths, slots) for _ in model.blocks)
   logits, layers = model(tokens_BT, cache=empty, output_index=lengths - 1)
   return logits[:, 0], Cache(layers, lengths)
 
