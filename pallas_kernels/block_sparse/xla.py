@@ -143,7 +143,7 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
     local = jnp.where(live, row - start, 0)
     q_c, k_c, v_c = q_R[row], k_R[kv_row], v_R[kv_row]
     x = jnp.einsum("cqd,ckd->cqk", q_c, k_c, preferred_element_type=jnp.float32)
-    x = cap_logits(x * scale, softcap)
+    x = cap_logits(x, softcap)
     q_lo = (row % nq) * bq
     q_pos = q_lo[:, None] + jnp.arange(bq) + q_off  # [C, bq]
     k_pos = kblk[:, None] * bk + jnp.arange(bk)  # [C, bk]
@@ -157,8 +157,11 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
     ok &= ((q_pos - q_off < t) & live[:, None])[..., None] & (k_pos < s)[:, None, :]
     return start, local, kv_row, (q_c, k_c, v_c), x, ok
 
+  def scaled(q):  # the scale folded into q once instead of into every logit tile
+    return (q.astype(jnp.float32) * scale).astype(q.dtype)
+
   def forward(q, k, v):
-    q_R, k_R, v_R = flat_q(q), flat_kv(k), flat_kv(v)
+    q_R, k_R, v_R = flat_q(scaled(q)), flat_kv(k), flat_kv(v)
 
     def step(c, carry):
       acc, mx, tot = carry
@@ -193,7 +196,7 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
     q, k, v, o, lse = res
     do, dlse = cts
     f32 = lambda x: x.astype(jnp.float32)
-    q_R, k_R, v_R = flat_q(f32(q)), flat_kv(f32(k)), flat_kv(f32(v))
+    q_R, k_R, v_R = flat_q(f32(q) * scale), flat_kv(f32(k)), flat_kv(f32(v))
     do_R = flat_q(f32(do))
     # Row term of the softmax gradient, minus the lse cotangent (d lse / d logit = p).
     delta = jnp.einsum("bthd,bthd->bht", f32(do), f32(o)) - f32(dlse)
@@ -210,13 +213,13 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
       ds = p * (dp - delta_R[row][..., None])
       if softcap is not None:
         ds = ds * (1.0 - jnp.square(x / softcap))
-      ds = ds * scale
       dq_w = _window(dq, start, width).at[local].add(jnp.einsum("cqk,ckd->cqd", ds, k_c))
       dk = dk.at[kv_row].add(jnp.einsum("cqk,cqd->ckd", ds, q_c))
       return _put(dq, dq_w, start), dk, dv
 
     init = (jnp.zeros_like(q_R), jnp.zeros_like(k_R), jnp.zeros_like(v_R))
     dq, dk, dv = jax.lax.fori_loop(0, steps, step, init)
+    dq = dq * scale  # d logits / d q = scale k; dk already takes it from the scaled q
 
     def unblock(x_R, n, length, block, like):
       x = x_R.reshape(b, n, -1, block, d).transpose(0, 2, 3, 1, 4).reshape(b, -1, n, d)
