@@ -19,11 +19,12 @@ from jaxllm.attention.registry import register
 
 
 DEFAULT_CHUNK = 64  # the kernels' tile off CPU, and the chunk before it was chosen by length
-# The fastest chunk of the chunked form on CPU, as (largest T, chunk) per method. Measured with
-# ``scripts/benchmarks/bench_cpu_attention.py --linear_chunks`` (numbers in
-# ``scripts/benchmarks/notes/cpu_attention.md``) on the 2-core CPU, B 1, H 2, K 1, D 64,
-# float32, chunks 16 / 32 / 64 alternating in one run on a loaded machine. With a decay
-# (lightning, retention) chunk 64 was 17-100x slower than 32 at 1k-16k; without one (linear)
+# The fastest chunk of the chunked form on CPU, as (largest T, chunk) per method. Measured on the
+# 2-core CPU (B 1, H 2, K 1, D 64, float32, T 1k / 4k / 16k, chunks 16 / 32 / 64 alternating in
+# one run on a loaded machine; numbers in ``scripts/benchmarks/notes/cpu_attention.md``,
+# ``bench_cpu_attention.py --linear_chunks`` repeats it). With a decay
+# (lightning, retention) chunk 64 was 8-100x slower than 32 at 1k-16k, and 32 the fastest but
+# once (retention at 4k, where 16 ran 3x faster in that run); without one (linear)
 # 16 / 32 / 64 were within 1.1-1.4x of each other with no consistent winner, so it keeps 64.
 CPU_CHUNKS = {
     "linear": ((None, 64),),

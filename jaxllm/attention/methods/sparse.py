@@ -21,10 +21,11 @@ BLOCK_Q = 128
 BLOCK_K = 128  # multiples of the TPU lane width serve the Mosaic kernel too
 
 # The fastest exact path on CPU by query length T, as (largest T, path, block size): "blocked"
-# is ``dense.blocked``, "gather" the gather path at that block size. Measured with
-# ``scripts/benchmarks/bench_cpu_attention.py --crossover`` (the numbers are in
-# ``scripts/benchmarks/notes/cpu_attention.md``) on the 2-core CPU, B 1, H 2, K 1, D 64, float32,
-# causal and window 1024, timing the candidates alternately in one run on a loaded machine:
+# is ``dense.blocked``, "gather" the gather path at that block size. Measured on the 2-core CPU
+# (B 1, H 2, K 1, D 64, float32, causal and window 1024 / 128) by timing the candidates
+# alternately in one run on a loaded machine; the numbers are in
+# ``scripts/benchmarks/notes/cpu_attention.md`` and ``bench_cpu_attention.py --crossover``
+# repeats the measurement:
 # blocked wins while one query block covers T (<= 512; the reference never won, by 1.0-1.3x at
 # T 16-64 and more above); the gather path at block 128 wins from there to 4k
 # (64 and 512 were 1.2-3x slower), block 256 from 8k.
