@@ -1,8 +1,9 @@
 """Gather-based block-sparse attention in plain JAX: the ``xla`` path, usable on CPU at long T.
 
-An online softmax walks the table's slots: step j gathers key block ``kv_idx[..., j]`` for every
-query block at once, so memory stays O(T * block_k) per step and empty slots cost one masked
-block. The step is rematerialised under autodiff, keeping only the running (acc, max, sum).
+:func:`blocks_attention` executes only the table's listed (query block, key block) pairs: they
+are flattened and walked a few at a time by a loop of traced length, with an online-softmax merge
+by query block and a flash-style backward, so memory is O(T D) plus one step's tiles.
+:func:`columns_attention` attends vertical-slash leftover columns in one gather.
 """
 
 import jax
@@ -70,48 +71,164 @@ def _query_segments(segment_ids, q_pos):
   return _segments_at(segment_ids, jnp.broadcast_to(q_pos, (b,) + q_pos.shape))[:, None, ..., None]
 
 
+PAIRS_PER_STEP = 16  # listed (query block, key block) pairs per loop step; see blocks_attention
+
+
+def _listed_pairs(table: masks.BlockTable, chunk: int):
+  """The table's listed pairs in row-major order, padded to a multiple of ``chunk``.
+
+  Returns (row [P], key_block [P], count): row r = (b H + h) nq + i names query block i of
+  head h in batch b; only the first ``count`` (a traced scalar) entries are real.
+  """
+  m = table.max_blocks
+  listed = (jnp.arange(m) < table.kv_cnt[..., None]).reshape(-1)
+  total = -(-listed.shape[0] // chunk) * chunk
+  (slot,) = jnp.nonzero(listed, size=total, fill_value=0)
+  return slot // m, table.kv_idx.reshape(-1)[slot], jnp.sum(listed, dtype=jnp.int32)
+
+
+def _window(x, start, width):
+  return jax.lax.dynamic_slice_in_dim(x, start, width, axis=0)
+
+
+def _put(x, part, start):
+  return jax.lax.dynamic_update_slice_in_dim(x, part, start, axis=0)
+
+
 def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window, sinks,
-                     softcap, segment_ids=None):
-  """Attention over the table's key blocks; q [B, T, H, D], k/v [B, S, Hkv, D].
+                     softcap, segment_ids=None, pairs_per_step=PAIRS_PER_STEP):
+  """Attention over the table's listed key blocks only; q [B, T, H, D], k/v [B, S, Hkv, D].
+
+  The listed (query block, key block) pairs are flattened in row-major order and a loop with a
+  traced trip count walks them ``pairs_per_step`` at a time, so unused table slots cost nothing
+  (a causal table runs half the blocks a dense walk of its slots would). A step's pairs belong
+  to at most ``pairs_per_step`` consecutive query blocks, so the online-softmax merge (a
+  scatter by query block) touches only that window of the running (acc, max, sum). The gradient
+  is a hand-written flash backward (``jax.custom_vjp``) over the same pairs, so memory stays
+  O(T D) plus one step's tiles in both directions.
 
   The table must have full [B, H, nq, max_blocks] leading dims. ``segment_ids`` int [B, S]
   (packed rows) hide pairs of different segments inside the listed blocks. Returns
-  (o, lse [B, H, T]).
+  (o, lse [B, H, T]); both are differentiable in q, k, v.
   """
-  t, h = q.shape[1], q.shape[2]
-  s = k.shape[1]
+  b, t, h, d = q.shape
+  s, hkv = k.shape[1], k.shape[2]
   bq, bk = table.block_q, table.block_k
-  q_blk = _to_blocks(q, bq)  # [B, H, nq, bq, D]
-  nq = q_blk.shape[2]
-  k_flat, base_BH = _flat_rows(_to_blocks(k, bk), h)  # [B * Hkv * nk, bk, D]
-  v_flat, _ = _flat_rows(_to_blocks(v, bk), h)
-  q_pos, q_real = _query_positions(t, s, nq, bq)
-  cnt = table.kv_cnt
-  if segment_ids is not None:
-    q_seg = _query_segments(segment_ids, q_pos)
+  nq, nk = masks.num_blocks(t, bq), masks.num_blocks(s, bk)
+  n_rows = b * h * nq
+  width = min(pairs_per_step, n_rows)
+  row_P, kblk_P, count = _listed_pairs(table, pairs_per_step)
+  # Key rows of the flattened [B * Hkv * nk, bk, D] blocks each pair reads (GQA: h // G).
+  bh_P = row_P // nq
+  kv_row_P = ((bh_P // h) * hkv + (bh_P % h) // (h // hkv)) * nk + kblk_P
+  steps = (count + pairs_per_step - 1) // pairs_per_step
+  q_off = s - t
 
-  @jax.checkpoint
-  def step(carry, xs):
-    j, idx_BHQ = xs
-    rows = base_BH[..., None] + idx_BHQ
-    k_blk = jnp.take(k_flat, rows, axis=0)  # [B, H, nq, bk, D]
-    v_blk = jnp.take(v_flat, rows, axis=0)
-    logits = jnp.einsum("bhqrd,bhqcd->bhqrc", q_blk, k_blk, preferred_element_type=jnp.float32)
-    logits = cap_logits(logits * scale, softcap)
-    k_pos = idx_BHQ[..., None] * bk + jnp.arange(bk)  # [B, H, nq, bk]
-    seg = {} if segment_ids is None else dict(
-        q_segment=q_seg, k_segment=_segments_at(segment_ids, k_pos)[..., None, :])
-    ok = visible_pairs(q_pos[..., None], k_pos[..., None, :], causal=causal, window=window,
+  def flat_q(x):  # [B, T, H, D'] -> [B * H * nq, bq, D']
+    return _to_blocks(x, bq).reshape(n_rows, bq, x.shape[-1])
+
+  def flat_kv(x):
+    return _to_blocks(x, bk).reshape(b * hkv * nk, bk, x.shape[-1])
+
+  def flat_stat(x_BHT, fill):  # [B, H, T] -> [B * H * nq, bq]
+    x = jnp.pad(x_BHT, ((0, 0), (0, 0), (0, nq * bq - t)), constant_values=fill)
+    return x.reshape(n_rows, bq)
+
+  def tiles(c, q_R, k_R, v_R):
+    """Step c's pairs: their rows, window start, local rows, q/k/v tiles, logits, visibility."""
+    sl = lambda x: jax.lax.dynamic_slice_in_dim(x, c * pairs_per_step, pairs_per_step)
+    row, kblk, kv_row = sl(row_P), sl(kblk_P), sl(kv_row_P)
+    live = c * pairs_per_step + jnp.arange(pairs_per_step) < count
+    start = jnp.clip(row[0], 0, n_rows - width)
+    local = jnp.where(live, row - start, 0)
+    q_c, k_c, v_c = q_R[row], k_R[kv_row], v_R[kv_row]
+    x = jnp.einsum("cqd,ckd->cqk", q_c, k_c, preferred_element_type=jnp.float32)
+    x = cap_logits(x, softcap)
+    q_lo = (row % nq) * bq
+    q_pos = q_lo[:, None] + jnp.arange(bq) + q_off  # [C, bq]
+    k_pos = kblk[:, None] * bk + jnp.arange(bk)  # [C, bk]
+    seg = {}
+    if segment_ids is not None:
+      b_c = row // (h * nq)
+      seg = dict(q_segment=_segments_at(segment_ids[b_c], q_pos)[..., None],
+                 k_segment=_segments_at(segment_ids[b_c], k_pos)[:, None, :])
+    ok = visible_pairs(q_pos[..., None], k_pos[:, None, :], causal=causal, window=window,
                        sinks=sinks, **seg)
-    ok &= (k_pos < s)[..., None, :] & q_real[..., None] & (j < cnt)[..., None, None]
-    return _update(carry, logits, ok, v_blk), None
+    ok &= ((q_pos - q_off < t) & live[:, None])[..., None] & (k_pos < s)[:, None, :]
+    return start, local, kv_row, (q_c, k_c, v_c), x, ok
 
-  b, d = q.shape[0], q.shape[3]
-  init = (jnp.zeros((b, h, nq, bq, d), jnp.float32), jnp.full((b, h, nq, bq), -jnp.inf),
-          jnp.zeros((b, h, nq, bq), jnp.float32))
-  slots = (jnp.arange(table.max_blocks), jnp.moveaxis(table.kv_idx, -1, 0))
-  carry, _ = jax.lax.scan(step, init, slots)
-  return _finish(*carry, t, q.dtype)
+  def scaled(q):  # the scale folded into q once instead of into every logit tile
+    return (q.astype(jnp.float32) * scale).astype(q.dtype)
+
+  def forward(q, k, v):
+    q_R, k_R, v_R = flat_q(scaled(q)), flat_kv(k), flat_kv(v)
+
+    def step(c, carry):
+      acc, mx, tot = carry
+      start, local, _, (_, _, v_c), x, ok = tiles(c, q_R, k_R, v_R)
+      x = jnp.where(ok, x, -jnp.inf)
+      acc_w, mx_w, tot_w = (_window(a, start, width) for a in carry)
+      mx_new = mx_w.at[local].max(jnp.max(x, axis=-1))
+      mx_safe = jnp.where(jnp.isfinite(mx_new), mx_new, 0.0)
+      alpha = jnp.exp(mx_w - mx_safe)
+      p = jnp.exp(x - mx_safe[local][..., None])
+      pv = jnp.einsum("cqk,ckd->cqd", p.astype(v_c.dtype), v_c,
+                      preferred_element_type=jnp.float32)
+      acc_w = alpha[..., None] * acc_w + jnp.zeros_like(acc_w).at[local].add(pv)
+      tot_w = alpha * tot_w + jnp.zeros_like(tot_w).at[local].add(jnp.sum(p, axis=-1))
+      return _put(acc, acc_w, start), _put(mx, mx_new, start), _put(tot, tot_w, start)
+
+    init = (jnp.zeros((n_rows, bq, d), jnp.float32), jnp.full((n_rows, bq), -jnp.inf),
+            jnp.zeros((n_rows, bq), jnp.float32))
+    acc, mx, tot = jax.lax.fori_loop(0, steps, step, init)
+    return _finish(acc.reshape(b, h, nq, bq, d), mx.reshape(b, h, nq, bq),
+                   tot.reshape(b, h, nq, bq), t, q.dtype)
+
+  @jax.custom_vjp
+  def attend(q, k, v):
+    return forward(q, k, v)
+
+  def attend_fwd(q, k, v):
+    o, lse = forward(q, k, v)
+    return (o, lse), (q, k, v, o, lse)
+
+  def attend_bwd(res, cts):
+    q, k, v, o, lse = res
+    do, dlse = cts
+    f32 = lambda x: x.astype(jnp.float32)
+    q_R, k_R, v_R = flat_q(f32(q) * scale), flat_kv(f32(k)), flat_kv(f32(v))
+    do_R = flat_q(f32(do))
+    # Row term of the softmax gradient, minus the lse cotangent (d lse / d logit = p).
+    delta = jnp.einsum("bthd,bthd->bht", f32(do), f32(o)) - f32(dlse)
+    lse_R, delta_R = flat_stat(lse, -jnp.inf), flat_stat(delta, 0.0)
+
+    def step(c, carry):
+      dq, dk, dv = carry
+      start, local, kv_row, (q_c, k_c, v_c), x, ok = tiles(c, q_R, k_R, v_R)
+      row = start + local
+      p = jnp.where(ok, jnp.exp(x - lse_R[row][..., None]), 0.0)
+      do_c = do_R[row]
+      dv = dv.at[kv_row].add(jnp.einsum("cqk,cqd->ckd", p, do_c))
+      dp = jnp.einsum("cqd,ckd->cqk", do_c, v_c)
+      ds = p * (dp - delta_R[row][..., None])
+      if softcap is not None:
+        ds = ds * (1.0 - jnp.square(x / softcap))
+      dq_w = _window(dq, start, width).at[local].add(jnp.einsum("cqk,ckd->cqd", ds, k_c))
+      dk = dk.at[kv_row].add(jnp.einsum("cqk,cqd->ckd", ds, q_c))
+      return _put(dq, dq_w, start), dk, dv
+
+    init = (jnp.zeros_like(q_R), jnp.zeros_like(k_R), jnp.zeros_like(v_R))
+    dq, dk, dv = jax.lax.fori_loop(0, steps, step, init)
+    dq = dq * scale  # d logits / d q = scale k; dk already takes it from the scaled q
+
+    def unblock(x_R, n, length, block, like):
+      x = x_R.reshape(b, n, -1, block, d).transpose(0, 2, 3, 1, 4).reshape(b, -1, n, d)
+      return x[:, :length].astype(like.dtype)
+
+    return (unblock(dq, h, t, bq, q), unblock(dk, hkv, s, bk, k), unblock(dv, hkv, s, bk, v))
+
+  attend.defvjp(attend_fwd, attend_bwd)
+  return attend(q, k, v)
 
 
 def columns_attention(q, k, v, col_idx, col_cnt, *, block_q, causal, scale, window, sinks,

@@ -1,9 +1,11 @@
 """Dense softmax attention: the float32 reference, the blocked exact path and the library kernels.
 
 ``impl="xla"`` is the reference (one [T, S] softmax). ``impl="auto"`` takes the library kernel
-where one fits (tokamax on GPU, splash on TPU) and otherwise :func:`blocked`, the same math by
-query blocks that skips the key blocks the mask never shows (``scripts/benchmarks/
-bench_cpu_attention.py`` measures both against the machine's matmul rate).
+where one fits (tokamax on GPU, splash on TPU); otherwise, on CPU, the fastest exact path for the
+length in ``sparse.CPU_PATHS`` (:func:`blocked`, the same math by query blocks, or the
+block-sparse gather path over the causal / band table; both skip the key blocks the mask never
+shows), and :func:`blocked` elsewhere. ``scripts/benchmarks/bench_cpu_attention.py`` measures
+them against the machine's matmul rate.
 """
 
 import functools
@@ -208,7 +210,12 @@ def dense(q, k, v, *, impl="auto", causal=True, scale=None, window=None, sinks=0
                           softcap=softcap, segment_ids=segment_ids)
     if out is not None:
       return out
-    if q.shape[1] > 1:  # measured faster than the reference at every T >= 256 on CPU
+    if jax.default_backend() == "cpu" and q.shape[1] > 1:
+      # The fastest exact CPU path for the length (sparse.CPU_PATHS): blocked, or the gather
+      # path over the causal / band table, which runs only the blocks the mask reaches.
+      return sparse.banded(q, k, v, impl="auto", causal=causal, window=window, sinks=sinks,
+                           scale=scale, softcap=softcap, segment_ids=segment_ids)
+    if q.shape[1] > 1:
       return blocked(q, k, v, causal=causal, scale=scale, window=window, sinks=sinks,
                      softcap=softcap, segment_ids=segment_ids)
   return reference(q, k, v, causal=causal, scale=scale, window=window, sinks=sinks,

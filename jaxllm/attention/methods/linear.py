@@ -2,10 +2,13 @@
 
 All four share the decayed linear recurrence of :mod:`jaxllm.attention.linear.forms` and accept
 ``form`` (``parallel`` | ``chunked`` | ``recurrent``) and ``chunk_size``. ``impl='pallas'`` runs the
-chunk kernel (interpret mode on CPU); ``auto`` takes it on GPU/TPU for the chunked form.
+chunk kernel (interpret mode on CPU); ``auto`` takes it on GPU/TPU for the chunked form. The
+default ``chunk_size`` (None) is :func:`chunk_size_for` the method and length.
 """
 
 import math
+
+import jax
 
 import jax.numpy as jnp
 
@@ -13,6 +16,28 @@ from jaxllm.attention.linear import apply as apply_lib
 from jaxllm.attention.linear import forms, options
 from jaxllm.attention.methods import dense as dense_lib
 from jaxllm.attention.registry import register
+
+
+DEFAULT_CHUNK = 64  # the kernels' tile off CPU, and the chunk before it was chosen by length
+# The fastest chunk of the chunked form on CPU, as (largest T, chunk) per method. Measured on the
+# 2-core CPU (B 1, H 2, K 1, D 64, float32, T 1k / 4k / 16k, chunks 16 / 32 / 64 alternating in
+# one run on a loaded machine; numbers in ``scripts/benchmarks/notes/cpu_attention.md``,
+# ``bench_cpu_attention.py --linear_chunks`` repeats it). With a decay
+# (lightning, retention) chunk 64 was 8-100x slower than 32 at 1k-16k, and 32 the fastest but
+# once (retention at 4k, where 16 ran 3x faster in that run); without one (linear)
+# 16 / 32 / 64 were within 1.1-1.4x of each other with no consistent winner, so it keeps 64.
+CPU_CHUNKS = {
+    "linear": ((None, 64),),
+    "decayed": ((None, 32),),
+}
+
+
+def chunk_size_for(t, method="linear"):
+  """The chunk :data:`CPU_CHUNKS` measured fastest for ``t`` tokens on CPU (else 64)."""
+  if jax.default_backend() != "cpu":
+    return DEFAULT_CHUNK
+  table = CPU_CHUNKS["linear" if method == "linear" else "decayed"]
+  return next(c for top, c in table if top is None or t <= top)
 
 
 def _check_form(method, form, chunk_size):
@@ -23,6 +48,7 @@ def _check_form(method, form, chunk_size):
 
 
 def _run(method, q, k, v, spec, *, impl, causal, form, chunk_size, segment_ids=None):
+  chunk_size = chunk_size_for(q.shape[1], method) if chunk_size is None else chunk_size
   _check_form(method, form, chunk_size)
   o, _ = apply_lib.apply(q, k, v, spec, causal=causal, form=form, chunk_size=chunk_size,
                          impl=impl, segment_ids=segment_ids)
@@ -35,7 +61,7 @@ def _require_causal(method, causal):
 
 
 def linear(q, k, v, *, impl="auto", causal=True, feature_map="elu1", normalize=True, decay=None,
-           form="chunked", chunk_size=64, scale=None, eps=1e-6, segment_ids=None):
+           form="chunked", chunk_size=None, scale=None, eps=1e-6, segment_ids=None):
   """Kernelized linear attention phi(q)^T S_t / phi(q)^T z_t (normaliser optional).
 
   ``feature_map`` in {elu1, relu, identity}; ``decay`` (float or [H] in (0, 1]) adds a per-head
@@ -50,7 +76,7 @@ def linear(q, k, v, *, impl="auto", causal=True, feature_map="elu1", normalize=T
 
 
 def lightning(q, k, v, *, impl="auto", causal=True, layer_index=0, num_layers=1, decay=None,
-              feature_map="identity", form="chunked", chunk_size=64, scale=None,
+              feature_map="identity", form="chunked", chunk_size=None, scale=None,
               segment_ids=None):
   """Lightning attention: no normaliser, decay exp(-(8/H) h (1 - l/L)) unless ``decay`` is given."""
   _require_causal("lightning", causal)
@@ -62,7 +88,7 @@ def lightning(q, k, v, *, impl="auto", causal=True, layer_index=0, num_layers=1,
 
 
 def retention(q, k, v, *, impl="auto", causal=True, decay=None, feature_map="identity",
-              form="chunked", chunk_size=64, scale=None, segment_ids=None):
+              form="chunked", chunk_size=None, scale=None, segment_ids=None):
   """RetNet retention: decay gamma_h = 1 - 2^(-5-h) unless ``decay`` is given, no normaliser."""
   _require_causal("retention", causal)
   spec = options.retention_spec(q.shape[2], q.shape[3], decay=decay, feature_map=feature_map,
@@ -71,7 +97,7 @@ def retention(q, k, v, *, impl="auto", causal=True, decay=None, feature_map="ide
               chunk_size=chunk_size, segment_ids=segment_ids)
 
 
-def momentum(q, k, v, *, impl="auto", causal=True, eta=None, form="chunked", chunk_size=64,
+def momentum(q, k, v, *, impl="auto", causal=True, eta=None, form="chunked", chunk_size=None,
              scale=None, segment_ids=None):
   """Momentum attention: softmax attention + sum_{i<t} eta^(t-i) v_i (Dai et al.).
 
@@ -81,6 +107,7 @@ def momentum(q, k, v, *, impl="auto", causal=True, eta=None, form="chunked", chu
   _require_causal("momentum", causal)
   if not isinstance(eta, (int, float)) or not 0 < eta < 1:
     raise ValueError(f"momentum attention: eta must be a float in (0, 1), got {eta!r}")
+  chunk_size = chunk_size_for(q.shape[1], "momentum") if chunk_size is None else chunk_size
   _check_form("momentum", form, chunk_size)
   b, t, h, _ = q.shape
   s, hkv = v.shape[1], v.shape[2]

@@ -5,10 +5,13 @@ CPU at long T), ``pallas`` the platform's kernel (Triton on GPU, Mosaic on TPU, 
 Triton kernel elsewhere), ``auto`` the native kernel when the blocks fit it and the gather path
 otherwise. Windows and sinks are exact: the table (``jaxllm.attention.sparse.patterns``) lists
 the blocks they touch and the kernel masks element-wise inside them, so the results equal
-``dense`` with the same options.
+``dense`` with the same options. On CPU, ``auto`` with the default block sizes takes the fastest
+exact path of :data:`CPU_PATHS` for the query length.
 """
 
 import warnings
+
+import jax
 
 from jaxllm.attention.registry import register
 from jaxllm.attention.sparse import patterns
@@ -16,6 +19,22 @@ from pallas_kernels.block_sparse import api, masks
 
 BLOCK_Q = 128
 BLOCK_K = 128  # multiples of the TPU lane width serve the Mosaic kernel too
+
+# The fastest exact path on CPU by query length T, as (largest T, path, block size): "blocked"
+# is ``dense.blocked``, "gather" the gather path at that block size. Measured on the 2-core CPU
+# (B 1, H 2, K 1, D 64, float32, causal and window 1024 / 128) by timing the candidates
+# alternately in one run on a loaded machine; the numbers are in
+# ``scripts/benchmarks/notes/cpu_attention.md`` and ``bench_cpu_attention.py --crossover``
+# repeats the measurement:
+# blocked wins while one query block covers T (<= 512; the reference never won, by 1.0-1.3x at
+# T 16-64 and more above); the gather path at block 128 wins from there to 4k
+# (64 and 512 were 1.2-3x slower), block 256 from 8k.
+CPU_PATHS = ((512, "blocked", None), (4096, "gather", 128), (None, "gather", 256))
+
+
+def cpu_path(t):
+  """(path, block size) of :data:`CPU_PATHS` for ``t`` queries."""
+  return next((path, block) for top, path, block in CPU_PATHS if top is None or t <= top)
 
 
 def run(q, k, v, mask, *, impl, causal, scale=None, window=None, sinks=0, softcap=None,
@@ -28,9 +47,22 @@ def run(q, k, v, mask, *, impl, causal, scale=None, window=None, sinks=0, softca
 
 
 def banded(q, k, v, *, impl, causal, window=None, sinks=0, scale=None, softcap=None,
-           block_q=BLOCK_Q, block_k=BLOCK_K, segment_ids=None):
-  """Dense (window None), sliding-window or sink + window attention through a band table."""
+           block_q=None, block_k=None, segment_ids=None):
+  """Dense (window None), sliding-window or sink + window attention through a band table.
+
+  Block sizes default to :data:`BLOCK_Q` / :data:`BLOCK_K`, except ``auto`` on CPU, which runs
+  the fastest exact path of :data:`CPU_PATHS` for the length.
+  """
   t, s = q.shape[1], k.shape[1]
+  if block_q is None and block_k is None and impl == "auto" and jax.default_backend() == "cpu":
+    path, block_q = cpu_path(t)
+    block_k = block_q
+    if path == "blocked":
+      from jaxllm.attention.methods import dense  # pylint: disable=g-import-not-at-top
+      return dense.blocked(q, k, v, causal=causal, scale=scale, window=window, sinks=sinks,
+                           softcap=softcap, segment_ids=segment_ids)
+  block_q = BLOCK_Q if block_q is None else block_q
+  block_k = BLOCK_K if block_k is None else block_k
   if window is None:
     table = patterns.causal_table(t, s, block_q=block_q, block_k=block_k, causal=causal)
   else:
@@ -46,7 +78,7 @@ def _positive(name, value, method):
 
 
 def sliding_window(q, k, v, *, impl="auto", causal=True, window=None, scale=None, softcap=None,
-                   block_q=BLOCK_Q, block_k=BLOCK_K, segment_ids=None):
+                   block_q=None, block_k=None, segment_ids=None):
   """Each query sees the ``window`` most recent keys (|q - k| < window when not causal)."""
   _positive("window", window, "sliding_window")
   return banded(q, k, v, impl=impl, causal=causal, window=window, scale=scale, softcap=softcap,
@@ -54,7 +86,7 @@ def sliding_window(q, k, v, *, impl="auto", causal=True, window=None, scale=None
 
 
 def sink_window(q, k, v, *, impl="auto", causal=True, sinks=4, window=None, scale=None,
-                softcap=None, block_q=BLOCK_Q, block_k=BLOCK_K, segment_ids=None):
+                softcap=None, block_q=None, block_k=None, segment_ids=None):
   """StreamingLLM's attention sinks / MInference's A-shape: the first ``sinks`` keys plus the
   ``window`` most recent ones (default 4 sinks, as StreamingLLM)."""
   _positive("window", window, "sink_window")
@@ -64,7 +96,7 @@ def sink_window(q, k, v, *, impl="auto", causal=True, sinks=4, window=None, scal
 
 
 def streaming(q, k, v, *, impl="auto", causal=True, sinks=4, window=None, scale=None,
-              softcap=None, block_q=BLOCK_Q, block_k=BLOCK_K):
+              softcap=None, block_q=None, block_k=None):
   """Deprecated name of ``sink_window`` (the KV-cache policy keeps the name ``streaming``)."""
   warnings.warn("attention method 'streaming' is renamed 'sink_window'; the old name will be "
                 "removed in the next release", DeprecationWarning, stacklevel=3)

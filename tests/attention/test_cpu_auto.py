@@ -1,0 +1,70 @@
+"""``impl="auto"`` on CPU: the measured crossover tables pick a path, and every path they pick is
+exact (dense, windows, sinks, packed segments, gradients) against the float32 reference."""
+
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from jaxllm.attention import attention
+from jaxllm.attention.methods import dense, linear, sparse
+from pallas_kernels.block_sparse import api
+from tests.numerics import forward_and_grads, qkv, rel_err
+
+
+def test_crossover_tables_cover_every_length():
+  for table in (sparse.CPU_PATHS,) + tuple(linear.CPU_CHUNKS.values()):
+    tops = [row[0] for row in table]
+    assert tops[-1] is None and tops[:-1] == sorted(tops[:-1])
+  assert sparse.cpu_path(1) == ("blocked", None)
+  assert sparse.cpu_path(sparse.CPU_PATHS[0][0] + 1) == ("gather", 128)
+  assert sparse.cpu_path(10 ** 6) == ("gather", 256)
+  assert linear.chunk_size_for(4096, "retention") == 32
+
+
+# (T, S, options): T 520 > 512 takes the gather path at block 128, T 77 the blocked one.
+CASES = [(520, 520, dict(window=200, sinks=3)), (77, 90, dict(softcap=4.0)),
+         pytest.param(520, 600, dict(), marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("t,s,opts", CASES)
+def test_dense_auto_is_exact_on_the_path_it_picks(t, s, opts):
+  q, k, v, w = qkv(jax.random.key(t), 1, t, s, 2, 1, 16, jnp.float32)
+  calls = []
+  real = api.block_sparse_attention
+
+  def spy(*args, **kwargs):
+    calls.append(args[3].block_q)
+    return real(*args, **kwargs)
+
+  with mock.patch.object(api, "block_sparse_attention", spy):
+    got = forward_and_grads(lambda q, k, v: attention(q, k, v, method="dense", **opts), q, k, v, w)
+  assert set(calls) == (set() if t <= sparse.CPU_PATHS[0][0] else {128})  # traced twice
+  want = forward_and_grads(lambda q, k, v: dense.reference(q, k, v, **opts), q, k, v, w)
+  assert rel_err(got[0], want[0]) < 1e-5
+  for g, g_want in zip(got[1], want[1]):
+    assert rel_err(g, g_want) < 1e-5
+
+
+def test_sink_window_auto_with_packed_segments_matches_dense():
+  t = 530
+  q, k, v = qkv(jax.random.key(1), 2, t, t, 2, 2, 8, jnp.bfloat16, cotangent=False)
+  seg = jnp.stack([jnp.repeat(jnp.arange(3), jnp.array([200, 300, 30]), total_repeat_length=t),
+                   jnp.zeros(t, jnp.int32)])
+  got = jax.jit(lambda q, k, v: attention(q, k, v, method="sink_window", window=64, sinks=2,
+                                          segment_ids=seg))(q, k, v)
+  f32 = lambda x: x.astype(jnp.float32)
+  want = dense.reference(f32(q), f32(k), f32(v), window=64, sinks=2, segment_ids=seg)
+  assert got.dtype == jnp.bfloat16 and rel_err(got, want) < 2e-2
+
+
+@pytest.mark.parametrize("method", ["linear", "retention"])
+def test_linear_default_chunk_is_the_chosen_one(method):
+  q, k, v = qkv(jax.random.key(2), 1, 70, 70, 2, 1, 8, jnp.float32, cotangent=False)
+  run = lambda **o: jax.jit(lambda q, k, v: attention(q, k, v, method=method, impl="xla", **o))(
+      q, k, v)
+  got = run()
+  assert rel_err(got, run(chunk_size=linear.chunk_size_for(70, method))) == 0.0
+  other = run(chunk_size=7)
+  assert rel_err(got, other) < 1e-5  # every chunk is the same math
