@@ -33,7 +33,7 @@ def _args():
   p.add_argument("--lengths", default="8192,16384,32768")
   p.add_argument("--methods", default=METHODS)
   p.add_argument("--options", default="", help='JSON, e.g. {"moba": {"chunk_size": 2048}}')
-  p.add_argument("--kv_heads", type=int, default=5)
+  p.add_argument("--kv_heads", type=int, default=len(planted.PATTERNS))
   p.add_argument("--head_dim", type=int, default=64)
   p.add_argument("--repeats", type=int, default=1)
   p.add_argument("--coverage_max_len", type=int, default=16384,
@@ -57,8 +57,8 @@ def _args():
       fid.adapter(m)
   except ValueError as e:
     p.exit(2, f"error: {e}\n")
-  if a.repeats < 1 or a.kv_heads < 1 or a.head_dim < 4 or a.head_dim % 2:
-    p.exit(2, "error: --repeats and --kv_heads must be >= 1, --head_dim an even int >= 4\n")
+  if a.repeats < 1 or a.kv_heads < 1 or a.head_dim < 4 or a.head_dim % 4:
+    p.exit(2, "error: --repeats and --kv_heads must be >= 1, --head_dim a multiple of 4\n")
   return a, lengths, methods, options
 
 

@@ -34,7 +34,7 @@ def qkv():
 
 
 def test_planted_patterns_hold_their_mass():
-  q, k, _, heads = planted.planted_qkv(0, length=256, kv_heads=5, head_dim=32)
+  q, k, _, heads = planted.planted_qkv(0, length=256, head_dim=32)
   p = np.asarray(_probs(q, k))[0, :, 128:]  # later queries, every head
   top = np.sort(p, axis=-1)[..., ::-1]
   mass = {name: top[i, :, :32].sum(-1).mean() for i, name in enumerate(heads)}
@@ -145,3 +145,20 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, word):
   assert proc.returncode == 2
   assert len(proc.stderr.strip().splitlines()) == 1 and word in proc.stderr
   assert not (tmp_path / "results.json").exists()
+
+
+def test_planted_share_is_kept_across_lengths_and_vertical_slash_has_both():
+  shares = []
+  for length in (512, 2048):
+    q, k, _, heads = planted.planted_qkv(2, length=length, kv_heads=2, head_dim=32,
+                                         patterns=("vertical", "vertical_slash"))
+    p = np.asarray(_probs(q, k))[0, :, length // 2:]  # [head, later queries, S]
+    cols = np.sort(p[0].sum(0))[::-1][:8].sum() / p[0].sum()
+    shares.append(cols)
+    # vertical_slash: a few columns and the queries' diagonals (d = 0 or one of two far ones)
+    col_mass = np.sort(p[1].sum(0))[::-1][:6].sum() / p[1].sum()
+    assert col_mass > 0.3 and col_mass < 0.7, col_mass
+  assert heads == ["vertical", "vertical_slash"]
+  assert min(shares) > 0.9 and abs(shares[0] - shares[1]) < 0.03, shares
+  assert planted.default_strength(1024) == 8.0
+  assert abs(planted.default_strength(8192) - (8.0 + np.log(8.0))) < 1e-12
