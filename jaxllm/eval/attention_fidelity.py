@@ -248,9 +248,21 @@ def input_sets(name: str, length: int, *, seed: int, lm=None, head_dim: int = 64
   raise ValueError(f"attention_fidelity: unknown input {name!r}; allowed: {list(INPUTS)}")
 
 
+def last_queries(problem, query_len: int):
+  """(q, k, v) with only the last ``query_len`` queries (0: all): a chunk prefilled onto the
+  earlier positions as a cache, the setting of methods with a fixed context (squeezed)."""
+  q, k, v = problem
+  if query_len and query_len < q.shape[1]:
+    q = q[:, q.shape[1] - query_len:]
+  return q, k, v
+
+
 def run(methods, lengths, workdir, *, inputs=("planted",), options=None, seed=0, repeats=2,
-        lm_workdir=None, lm_config="smoke", lm_steps=200, figure=True) -> dict:
-  """Measures every method on every input and length; writes results.json (+ a figure)."""
+        lm_workdir=None, lm_config="smoke", lm_steps=200, figure=True, query_len=0) -> dict:
+  """Measures every method on every input and length; writes results.json (+ a figure).
+
+  ``query_len`` > 0 measures only the last ``query_len`` queries of each length (T < S).
+  """
   options = dict(options or {})
   for m in methods:
     adapter(m)
@@ -265,12 +277,13 @@ def run(methods, lengths, workdir, *, inputs=("planted",), options=None, seed=0,
   rows = []
   for name in inputs:
     for length in lengths:
-      problems = input_sets(name, length, seed=seed, lm=lm)
+      problems = [last_queries(p, query_len) for p in input_sets(name, length, seed=seed, lm=lm)]
       dense = [timed(jax.jit(dense_run), *p, repeats=repeats) for p in problems]
       for m in methods:
         per = [measure(m, *p, options.get(m), dense=d, repeats=repeats)
                for p, d in zip(problems, dense)]
         rows.append({"method": m, "input": name, "length": length, "layers": len(problems),
+                     "queries": problems[0][0].shape[1],
                      "options": options.get(m, {}), **_average(per)})
         print(f"{name:9s} T={length:6d} {m:14s} density {rows[-1]['density']:.3f} recall "
               f"{rows[-1]['recall']:.3f} out err {rows[-1]['out_rel_err']:.3g}", flush=True)
@@ -303,7 +316,7 @@ def _parse(argv_flags):
   if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
     raise ValueError("--options must be a JSON object {method: {option: value}}")
   ints = {}
-  for name, low in (("seed", 0), ("repeats", 1), ("lm_steps", 1)):
+  for name, low in (("seed", 0), ("repeats", 1), ("lm_steps", 1), ("query_len", 0)):
     raw = getattr(argv_flags, name)
     if not raw.isdigit() or int(raw) < low:
       raise ValueError(f"--{name} must be an int >= {low}, got {raw!r}")
@@ -340,6 +353,7 @@ def _define_flags():
   flags.DEFINE_string("lm_workdir", "", "run directory of the byte LM (trained there if empty)")
   flags.DEFINE_string("lm_config", "smoke", "configs/lm_efficiency.py arg for the byte LM")
   flags.DEFINE_string("lm_steps", "200", "training steps when the byte LM must be trained")
+  flags.DEFINE_string("query_len", "0", "measure only the last N queries of each length (0: all)")
 
 
 if __name__ == "__main__":
