@@ -6,6 +6,7 @@ Per method, input and length (B = 1, averaged over captured layers):
   query attends (CCA's core tokens) count one pair each;
 * ``recall``: dense softmax mass on the keys the method attends exactly, averaged over queries
   (CCA's core tokens summarise keys rather than attend them, so only its local keys count);
+  ``head_recall`` the same per query head (planted inputs carry one pattern per KV head);
 * ``out_rel_err``: ||o - o_dense||_F / ||o_dense||_F; ``lse_err``: mean |lse - lse_dense|;
 * ``selection_share``: time of the method's selection / time of the whole method (selection
   included); ``time_ratio``: whole method / dense (same run, XLA path, a loaded machine reads
@@ -214,17 +215,18 @@ def measure(method: str, q, k, v, options: dict | None = None, *, dense=None, re
   sel, t_sel = timed(jax.jit(lambda q, k: ad.select(q, k, **opts)), q, k, repeats=repeats)
   (o, lse), t_run = timed(jax.jit(lambda q, k, v: ad.run(q, k, v, **opts)), q, k, v,
                            repeats=repeats)
-  density = recall = None
+  density = recall = head_recall = None
   if coverage:
     exact, extra = ad.pairs(sel, q, k, **opts)
     exact = exact & _causal_mask(q, k)
     causal_pairs = float(_causal_mask(q, k)[0, 0].sum()) * q.shape[0] * q.shape[2]
     density = (float(exact.sum()) + float(extra.sum())) / causal_pairs
-    recall = float(_mass(q, k, lse_d, exact).mean())
+    per_head = np.asarray(_mass(q, k, lse_d, exact).mean(axis=(0, 2)))
+    recall, head_recall = float(per_head.mean()), [float(x) for x in per_head]
   o32, od32 = o.astype(jnp.float32), o_d.astype(jnp.float32)
   finite = jnp.isfinite(lse_d)
   return {
-      "density": density, "recall": recall,
+      "density": density, "recall": recall, "head_recall": head_recall,
       "out_rel_err": float(jnp.linalg.norm(o32 - od32) / jnp.linalg.norm(od32)),
       "lse_err": float(jnp.where(finite, jnp.abs(lse - lse_d), 0.0).sum() / finite.sum()),
       "select_s": t_sel, "run_s": t_run, "dense_s": t_dense,
@@ -233,7 +235,14 @@ def measure(method: str, q, k, v, options: dict | None = None, *, dense=None, re
 
 
 def _average(rows):
-  return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+  """Mean over captured layers (per head for ``head_recall``)."""
+  out = {}
+  for key in rows[0]:
+    values = [r[key] for r in rows]
+    out[key] = (None if values[0] is None else
+                [float(x) for x in np.mean(values, axis=0)] if isinstance(values[0], list) else
+                float(np.mean(values)))
+  return out
 
 
 def input_sets(name: str, length: int, *, seed: int, lm=None, head_dim: int = 64):
@@ -351,7 +360,8 @@ def _define_flags():
   flags.DEFINE_string("seed", "0", "input seed")
   flags.DEFINE_string("repeats", "2", "timed repeats per measurement (median)")
   flags.DEFINE_string("lm_workdir", "", "run directory of the byte LM (trained there if empty)")
-  flags.DEFINE_string("lm_config", "smoke", "configs/lm_efficiency.py arg for the byte LM")
+  flags.DEFINE_string("lm_config", "smoke", "captured LM: configs/lm_efficiency.py arg (smoke, "
+                      "tiny) or long_smoke (configs/lm_long.py:smoke)")
   flags.DEFINE_string("lm_steps", "200", "training steps when the byte LM must be trained")
   flags.DEFINE_string("query_len", "0", "measure only the last N queries of each length (0: all)")
 

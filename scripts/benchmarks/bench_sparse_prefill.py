@@ -72,19 +72,21 @@ def main():
   print(f"{'T':>6s} {'method':14s} {'time/dense':>10s} {'density':>8s} {'recall':>7s} "
         f"{'out err':>8s} {'sel share':>9s}")
   for t in lengths:
-    q, k, v = fid.last_queries(
-        planted.planted_qkv(0, length=t, kv_heads=a.kv_heads, head_dim=a.head_dim)[:3],
-        a.query_len)
+    q, k, v, heads = planted.planted_qkv(0, length=t, kv_heads=a.kv_heads, head_dim=a.head_dim)
+    q, k, v = fid.last_queries((q, k, v), a.query_len)
     dense = fid.timed(jax.jit(fid.dense_run), q, k, v, repeats=a.repeats)
     for m in methods:
       r = fid.measure(m, q, k, v, options.get(m), dense=dense, repeats=a.repeats,
                       coverage=t <= a.coverage_max_len)
-      rows.append({"length": t, "queries": q.shape[1], "method": m, "options": options.get(m, {}), **r})
+      rows.append({"length": t, "queries": q.shape[1], "method": m,
+                   "options": options.get(m, {}), **r})
       cov = "" if r["density"] is None else f"{r['density']:8.3f} {r['recall']:7.3f}"
+      by_head = "" if r["head_recall"] is None else " ".join(
+          f"{p}:{x:.2f}" for p, x in zip(heads, r["head_recall"]))
       print(f"{t:6d} {m:14s} {r['time_ratio']:10.3f} {cov or '       -       -':16s} "
-            f"{r['out_rel_err']:8.3f} {r['selection_share']:9.3f}", flush=True)
+            f"{r['out_rel_err']:8.3f} {r['selection_share']:9.3f}  {by_head}", flush=True)
       write_json(a.out, {"benchmark": "sparse_prefill_cpu", "kv_heads": a.kv_heads,
-                         "head_dim": a.head_dim, "rows": rows})
+                         "head_dim": a.head_dim, "patterns": heads, "rows": rows})
   print(f"wrote {os.path.abspath(a.out)}", file=sys.stderr)
 
 
