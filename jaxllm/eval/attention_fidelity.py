@@ -19,7 +19,9 @@ Methods plug in through an :class:`Adapter`. Built in: ``dense``, ``sink_window`
 its pairs are ``dense_mask`` of that table and its output is the block-sparse op over it.
 
 Inputs: ``planted`` (``jaxllm.eval.planted``: one pattern per KV head) and ``captured`` (q/k/v of
-the byte-level lm_efficiency LM on held-out text, ``jaxllm.eval.capture``).
+a byte-level LM on held-out text, ``jaxllm.eval.capture``: the lm_efficiency model, or with
+``--lm_config=long_smoke`` the long-context LM of configs/lm_long.py). ``--query_len=N`` measures
+the last N queries only, onto the earlier positions as a cache (squeezed needs that context).
 
   python -m jaxllm.eval.attention_fidelity --methods=dense,sink_window,cca,hyper,moba \
       --lengths=4096,8192 --inputs=planted,captured --workdir=runs/fidelity
