@@ -162,3 +162,17 @@ def test_planted_share_is_kept_across_lengths_and_vertical_slash_has_both():
   assert min(shares) > 0.9 and abs(shares[0] - shares[1]) < 0.03, shares
   assert planted.default_strength(1024) == 8.0
   assert abs(planted.default_strength(8192) - (8.0 + np.log(8.0))) < 1e-12
+
+
+def test_last_queries_and_per_head_recall_match_an_independent_computation(qkv):
+  q, k, v = fid.last_queries(qkv, 64)
+  assert q.shape[1] == 64 and k.shape[1] == 192 and fid.last_queries(qkv, 0)[0] is qkv[0]
+  row = fid.measure("sink_window", q, k, v, {"sinks": 4, "window": 24}, repeats=1)
+  pos = np.arange(64)[:, None] + 128
+  key = np.arange(192)[None, :]
+  ok = (key <= pos) & ((key > pos - 24) | (key < 4))
+  p = np.asarray(_probs(q, k))  # [B, H, 64, 192]
+  want = (p * ok).sum(-1).mean(axis=(0, 2))
+  np.testing.assert_allclose(row["head_recall"], want, atol=1e-5)
+  assert abs(row["recall"] - want.mean()) < 1e-5
+  assert abs(row["density"] - ok.sum() / (key <= pos).sum()) < 1e-9
