@@ -39,14 +39,21 @@ def _rotary(x_LD, pos_L, freqs):
 
 
 def _relative(key, length, d, offsets, band, strength):
-  """q, k [L, D] whose logits peak at i - j in ``offsets`` with width ``band``."""
+  """q, k [L, D] whose logits peak at i - j in ``offsets`` with width ``band``.
+
+  The D / 2 rotary frequencies are jittered inside [0, pi / band] (one per uniform bin): evenly
+  spaced ones are all multiples of one step, so the logit would come back to its peak at every
+  multiple of the period 2 pi / step (about 62 band), far diagonals the pattern does not mean.
+  """
   half = d // 2
-  freqs = jnp.linspace(0.0, np.pi / band, half)  # low frequencies: a smooth bump of width ~band
+  k_freq, k_which = jax.random.split(key)
+  bins = (jnp.arange(half) + jax.random.uniform(k_freq, (half,))) / half
+  freqs = bins * (np.pi / band)  # low frequencies: a smooth bump of width ~band
   base = jnp.ones((d,)) * jnp.sqrt(strength * np.sqrt(d) / d)  # peak scaled logit = strength
   pos = jnp.arange(length)
   k = _rotary(jnp.broadcast_to(base, (length, d)), pos, freqs)
   qs = [_rotary(jnp.broadcast_to(base, (length, d)), pos - o, freqs) for o in offsets]
-  which = jax.random.randint(key, (length,), 0, len(offsets))  # each query picks one diagonal
+  which = jax.random.randint(k_which, (length,), 0, len(offsets))  # each query picks one diagonal
   q = jnp.stack(qs)[which, pos]
   return q, k
 
