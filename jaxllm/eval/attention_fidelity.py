@@ -64,6 +64,7 @@ class Adapter:
   select: Callable
   run: Callable
   pairs: Callable
+  jit_run: bool = True  # False: run() jits its own parts (a table's width must stay concrete)
 
 
 def _no_extra(q):
@@ -76,10 +77,17 @@ def _causal_mask(q, k):
                           (q.shape[0], q.shape[2], t, s))
 
 
+@jax.jit
+def _table_op(q, k, v, table):
+  return block_sparse.block_sparse_attention(q, k, v, table, causal=True, impl="xla",
+                                             return_lse=True)
+
+
 def _table_run(select):
+  """Selection outside jit, so that the table is as wide as its widest row (under jit it would
+  be every key block, and the gather path walks every slot), then the jitted op."""
   def run(q, k, v, **opts):
-    return block_sparse.block_sparse_attention(q, k, v, select(q, k, **opts), causal=True, impl="xla",
-                                      return_lse=True)
+    return _table_op(q, k, v, select(q, k, **opts))
   return run
 
 
@@ -176,7 +184,7 @@ def adapter(method: str) -> Adapter:
     raise ValueError(f"attention_fidelity: unknown method {method!r}; built in: "
                      f"{sorted(ADAPTERS)}, table methods: {sorted(known) or 'none available'}")
   sel = lambda q, k, **o: select(method, q, k, **o)
-  return Adapter(sel, _table_run(sel), _table_pairs)
+  return Adapter(sel, _table_run(sel), _table_pairs, jit_run=False)
 
 
 def timed(fn, *args, repeats):
@@ -214,8 +222,9 @@ def measure(method: str, q, k, v, options: dict | None = None, *, dense=None, re
   opts = dict(options or {})
   (o_d, lse_d), t_dense = dense if dense is not None else timed(jax.jit(dense_run), q, k, v,
                                                                  repeats=repeats)
-  sel, t_sel = timed(jax.jit(lambda q, k: ad.select(q, k, **opts)), q, k, repeats=repeats)
-  (o, lse), t_run = timed(jax.jit(lambda q, k, v: ad.run(q, k, v, **opts)), q, k, v,
+  wrap = jax.jit if ad.jit_run else (lambda fn: fn)
+  sel, t_sel = timed(wrap(lambda q, k: ad.select(q, k, **opts)), q, k, repeats=repeats)
+  (o, lse), t_run = timed(wrap(lambda q, k, v: ad.run(q, k, v, **opts)), q, k, v,
                            repeats=repeats)
   density = recall = head_recall = None
   if coverage:
