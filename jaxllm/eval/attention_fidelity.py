@@ -6,6 +6,7 @@ Per method, input and length (B = 1, averaged over captured layers):
   query attends (CCA's core tokens) count one pair each;
 * ``recall``: dense softmax mass on the keys the method attends exactly, averaged over queries
   (CCA's core tokens summarise keys rather than attend them, so only its local keys count);
+  ``head_recall`` the same per query head (planted inputs carry one pattern per KV head);
 * ``out_rel_err``: ||o - o_dense||_F / ||o_dense||_F; ``lse_err``: mean |lse - lse_dense|;
 * ``selection_share``: time of the method's selection / time of the whole method (selection
   included); ``time_ratio``: whole method / dense (same run, XLA path, a loaded machine reads
@@ -18,7 +19,9 @@ Methods plug in through an :class:`Adapter`. Built in: ``dense``, ``sink_window`
 its pairs are ``dense_mask`` of that table and its output is the block-sparse op over it.
 
 Inputs: ``planted`` (``jaxllm.eval.planted``: one pattern per KV head) and ``captured`` (q/k/v of
-the byte-level lm_efficiency LM on held-out text, ``jaxllm.eval.capture``).
+a byte-level LM on held-out text, ``jaxllm.eval.capture``: the lm_efficiency model, or with
+``--lm_config=long_smoke`` the long-context LM of configs/lm_long.py). ``--query_len=N`` measures
+the last N queries only, onto the earlier positions as a cache (squeezed needs that context).
 
   python -m jaxllm.eval.attention_fidelity --methods=dense,sink_window,cca,hyper,moba \
       --lengths=4096,8192 --inputs=planted,captured --workdir=runs/fidelity
@@ -61,6 +64,7 @@ class Adapter:
   select: Callable
   run: Callable
   pairs: Callable
+  jit_run: bool = True  # False: run() jits its own parts (a table's width must stay concrete)
 
 
 def _no_extra(q):
@@ -73,10 +77,17 @@ def _causal_mask(q, k):
                           (q.shape[0], q.shape[2], t, s))
 
 
+@jax.jit
+def _table_op(q, k, v, table):
+  return block_sparse.block_sparse_attention(q, k, v, table, causal=True, impl="xla",
+                                             return_lse=True)
+
+
 def _table_run(select):
+  """Selection outside jit, so that the table is as wide as its widest row (under jit it would
+  be every key block, and the gather path walks every slot), then the jitted op."""
   def run(q, k, v, **opts):
-    return block_sparse.block_sparse_attention(q, k, v, select(q, k, **opts), causal=True, impl="xla",
-                                      return_lse=True)
+    return _table_op(q, k, v, select(q, k, **opts))
   return run
 
 
@@ -173,7 +184,7 @@ def adapter(method: str) -> Adapter:
     raise ValueError(f"attention_fidelity: unknown method {method!r}; built in: "
                      f"{sorted(ADAPTERS)}, table methods: {sorted(known) or 'none available'}")
   sel = lambda q, k, **o: select(method, q, k, **o)
-  return Adapter(sel, _table_run(sel), _table_pairs)
+  return Adapter(sel, _table_run(sel), _table_pairs, jit_run=False)
 
 
 def timed(fn, *args, repeats):
@@ -211,20 +222,22 @@ def measure(method: str, q, k, v, options: dict | None = None, *, dense=None, re
   opts = dict(options or {})
   (o_d, lse_d), t_dense = dense if dense is not None else timed(jax.jit(dense_run), q, k, v,
                                                                  repeats=repeats)
-  sel, t_sel = timed(jax.jit(lambda q, k: ad.select(q, k, **opts)), q, k, repeats=repeats)
-  (o, lse), t_run = timed(jax.jit(lambda q, k, v: ad.run(q, k, v, **opts)), q, k, v,
+  wrap = jax.jit if ad.jit_run else (lambda fn: fn)
+  sel, t_sel = timed(wrap(lambda q, k: ad.select(q, k, **opts)), q, k, repeats=repeats)
+  (o, lse), t_run = timed(wrap(lambda q, k, v: ad.run(q, k, v, **opts)), q, k, v,
                            repeats=repeats)
-  density = recall = None
+  density = recall = head_recall = None
   if coverage:
     exact, extra = ad.pairs(sel, q, k, **opts)
     exact = exact & _causal_mask(q, k)
     causal_pairs = float(_causal_mask(q, k)[0, 0].sum()) * q.shape[0] * q.shape[2]
     density = (float(exact.sum()) + float(extra.sum())) / causal_pairs
-    recall = float(_mass(q, k, lse_d, exact).mean())
+    per_head = np.asarray(_mass(q, k, lse_d, exact).mean(axis=(0, 2)))
+    recall, head_recall = float(per_head.mean()), [float(x) for x in per_head]
   o32, od32 = o.astype(jnp.float32), o_d.astype(jnp.float32)
   finite = jnp.isfinite(lse_d)
   return {
-      "density": density, "recall": recall,
+      "density": density, "recall": recall, "head_recall": head_recall,
       "out_rel_err": float(jnp.linalg.norm(o32 - od32) / jnp.linalg.norm(od32)),
       "lse_err": float(jnp.where(finite, jnp.abs(lse - lse_d), 0.0).sum() / finite.sum()),
       "select_s": t_sel, "run_s": t_run, "dense_s": t_dense,
@@ -233,7 +246,14 @@ def measure(method: str, q, k, v, options: dict | None = None, *, dense=None, re
 
 
 def _average(rows):
-  return {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
+  """Mean over captured layers (per head for ``head_recall``)."""
+  out = {}
+  for key in rows[0]:
+    values = [r[key] for r in rows]
+    out[key] = (None if values[0] is None else
+                [float(x) for x in np.mean(values, axis=0)] if isinstance(values[0], list) else
+                float(np.mean(values)))
+  return out
 
 
 def input_sets(name: str, length: int, *, seed: int, lm=None, head_dim: int = 64):
@@ -248,9 +268,21 @@ def input_sets(name: str, length: int, *, seed: int, lm=None, head_dim: int = 64
   raise ValueError(f"attention_fidelity: unknown input {name!r}; allowed: {list(INPUTS)}")
 
 
+def last_queries(problem, query_len: int):
+  """(q, k, v) with only the last ``query_len`` queries (0: all): a chunk prefilled onto the
+  earlier positions as a cache, the setting of methods with a fixed context (squeezed)."""
+  q, k, v = problem
+  if query_len and query_len < q.shape[1]:
+    q = q[:, q.shape[1] - query_len:]
+  return q, k, v
+
+
 def run(methods, lengths, workdir, *, inputs=("planted",), options=None, seed=0, repeats=2,
-        lm_workdir=None, lm_config="smoke", lm_steps=200, figure=True) -> dict:
-  """Measures every method on every input and length; writes results.json (+ a figure)."""
+        lm_workdir=None, lm_config="smoke", lm_steps=200, figure=True, query_len=0) -> dict:
+  """Measures every method on every input and length; writes results.json (+ a figure).
+
+  ``query_len`` > 0 measures only the last ``query_len`` queries of each length (T < S).
+  """
   options = dict(options or {})
   for m in methods:
     adapter(m)
@@ -265,12 +297,13 @@ def run(methods, lengths, workdir, *, inputs=("planted",), options=None, seed=0,
   rows = []
   for name in inputs:
     for length in lengths:
-      problems = input_sets(name, length, seed=seed, lm=lm)
+      problems = [last_queries(p, query_len) for p in input_sets(name, length, seed=seed, lm=lm)]
       dense = [timed(jax.jit(dense_run), *p, repeats=repeats) for p in problems]
       for m in methods:
         per = [measure(m, *p, options.get(m), dense=d, repeats=repeats)
                for p, d in zip(problems, dense)]
         rows.append({"method": m, "input": name, "length": length, "layers": len(problems),
+                     "queries": problems[0][0].shape[1],
                      "options": options.get(m, {}), **_average(per)})
         print(f"{name:9s} T={length:6d} {m:14s} density {rows[-1]['density']:.3f} recall "
               f"{rows[-1]['recall']:.3f} out err {rows[-1]['out_rel_err']:.3g}", flush=True)
@@ -303,7 +336,7 @@ def _parse(argv_flags):
   if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
     raise ValueError("--options must be a JSON object {method: {option: value}}")
   ints = {}
-  for name, low in (("seed", 0), ("repeats", 1), ("lm_steps", 1)):
+  for name, low in (("seed", 0), ("repeats", 1), ("lm_steps", 1), ("query_len", 0)):
     raw = getattr(argv_flags, name)
     if not raw.isdigit() or int(raw) < low:
       raise ValueError(f"--{name} must be an int >= {low}, got {raw!r}")
@@ -338,8 +371,10 @@ def _define_flags():
   flags.DEFINE_string("seed", "0", "input seed")
   flags.DEFINE_string("repeats", "2", "timed repeats per measurement (median)")
   flags.DEFINE_string("lm_workdir", "", "run directory of the byte LM (trained there if empty)")
-  flags.DEFINE_string("lm_config", "smoke", "configs/lm_efficiency.py arg for the byte LM")
+  flags.DEFINE_string("lm_config", "smoke", "captured LM: configs/lm_efficiency.py arg (smoke, "
+                      "tiny) or long_smoke (configs/lm_long.py:smoke)")
   flags.DEFINE_string("lm_steps", "200", "training steps when the byte LM must be trained")
+  flags.DEFINE_string("query_len", "0", "measure only the last N queries of each length (0: all)")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
-"""q/k/v captured from a trained jaxllm LM on real text: the byte-level ``lm_efficiency`` model.
+"""q/k/v captured from a trained jaxllm LM on real text: the byte-level ``lm_efficiency`` model
+or the long-context LM of ``configs/lm_long.py`` (``config_arg="long_smoke"``: trained on
+512-token rows, against 64 for the ``lm_efficiency`` smoke model).
 
-:func:`load_or_train` restores the softmax text model of ``configs/lm_efficiency.py`` from a run
-directory, training it there first when the directory holds no finished run (the train loop
-resumes from its checkpoints, so a finished run is only restored). :func:`capture_qkv` runs the
-model on a byte sequence and records every layer's attention inputs through ``Attention.qkv``
-(post-RoPE q and k, v), propagating the residual stream with exact causal attention computed by
+:func:`load_or_train` restores the softmax text model of the config from a run directory,
+training it there first when the directory holds no finished run (the train loop resumes from
+its checkpoints, so a finished run is only restored). :func:`capture_qkv` runs the model on a
+byte sequence and records every layer's attention inputs through ``Attention.qkv`` (post-RoPE
+q and k, v), propagating the residual stream with exact causal attention computed by
 the block-sparse gather path over the full causal table: the same math as ``dense``, without
 materialising T x T logits, so 4k-16k prompts fit in memory. RoPE lets the model run past its
 training length; the patterns beyond it are the model's own, if less trained.
@@ -19,15 +21,17 @@ from jaxllm.attention.sparse import patterns
 from jaxllm.models import layers
 from pallas_kernels.block_sparse import api as block_sparse
 
-CONFIG_ARGS = (None, "smoke", "tiny")
+CONFIG_ARGS = (None, "smoke", "tiny", "long_smoke")
 
 
 def lm_config(config_arg="smoke", steps=None):
-  """The lm_efficiency config restricted to the softmax text model; ``steps`` overrides."""
-  from configs import lm_efficiency  # pylint: disable=g-import-not-at-top
+  """The config of the captured LM (lm_efficiency's, or lm_long's smoke config for
+  ``"long_smoke"``); ``steps`` overrides the training steps."""
+  from configs import lm_efficiency, lm_long  # pylint: disable=g-import-not-at-top
   if config_arg not in CONFIG_ARGS:
     raise ValueError(f"capture: config_arg must be one of {list(CONFIG_ARGS)}, got {config_arg!r}")
-  c = lm_efficiency.get_config(config_arg)
+  c = lm_long.get_config("smoke") if config_arg == "long_smoke" else lm_efficiency.get_config(
+      config_arg)
   if steps is not None:
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
       raise ValueError(f"capture: steps must be a positive int, got {steps!r}")
@@ -42,7 +46,9 @@ def load_or_train(lm_workdir: str, *, config_arg="smoke", steps=None, progress=F
   from jaxllm.train.lm_task import TextTask  # pylint: disable=g-import-not-at-top
   from jaxllm.train.loop import train  # pylint: disable=g-import-not-at-top
   c = lm_config(config_arg, steps)
-  model_cfg = {**c.model.to_dict(), **c.variants.softmax.to_dict()}
+  model_cfg = c.model.to_dict()
+  if "variants" in c:  # lm_efficiency: the softmax variant of its attention comparison
+    model_cfg.update(c.variants.softmax.to_dict())
   if model_cfg.get("style") != "llama":
     raise ValueError("capture: needs the rope (llama style) model to run past its training length")
   task = TextTask(c, model_cfg)

@@ -34,7 +34,7 @@ def qkv():
 
 
 def test_planted_patterns_hold_their_mass():
-  q, k, _, heads = planted.planted_qkv(0, length=256, kv_heads=5, head_dim=32)
+  q, k, _, heads = planted.planted_qkv(0, length=256, head_dim=32)
   p = np.asarray(_probs(q, k))[0, :, 128:]  # later queries, every head
   top = np.sort(p, axis=-1)[..., ::-1]
   mass = {name: top[i, :, :32].sum(-1).mean() for i, name in enumerate(heads)}
@@ -145,3 +145,44 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, args, word):
   assert proc.returncode == 2
   assert len(proc.stderr.strip().splitlines()) == 1 and word in proc.stderr
   assert not (tmp_path / "results.json").exists()
+
+
+def test_planted_share_is_kept_across_lengths_and_vertical_slash_has_both():
+  shares = []
+  for length in (512, 2048):
+    q, k, _, heads = planted.planted_qkv(2, length=length, kv_heads=2, head_dim=32,
+                                         patterns=("vertical", "vertical_slash"))
+    p = np.asarray(_probs(q, k))[0, :, length // 2:]  # [head, later queries, S]
+    cols = np.sort(p[0].sum(0))[::-1][:8].sum() / p[0].sum()
+    shares.append(cols)
+    # vertical_slash: a few columns and the queries' diagonals (d = 0 or one of two far ones)
+    col_mass = np.sort(p[1].sum(0))[::-1][:6].sum() / p[1].sum()
+    assert col_mass > 0.3 and col_mass < 0.85, col_mass
+  assert heads == ["vertical", "vertical_slash"]
+  assert min(shares) > 0.9 and abs(shares[0] - shares[1]) < 0.03, shares
+  assert planted.default_strength(1024) == 8.0
+  assert abs(planted.default_strength(8192) - (8.0 + np.log(8.0))) < 1e-12
+
+
+def test_last_queries_and_per_head_recall_match_an_independent_computation(qkv):
+  q, k, v = fid.last_queries(qkv, 64)
+  assert q.shape[1] == 64 and k.shape[1] == 192 and fid.last_queries(qkv, 0)[0] is qkv[0]
+  row = fid.measure("sink_window", q, k, v, {"sinks": 4, "window": 24}, repeats=1)
+  pos = np.arange(64)[:, None] + 128
+  key = np.arange(192)[None, :]
+  ok = (key <= pos) & ((key > pos - 24) | (key < 4))
+  p = np.asarray(_probs(q, k))  # [B, H, 64, 192]
+  want = (p * ok).sum(-1).mean(axis=(0, 2))
+  np.testing.assert_allclose(row["head_recall"], want, atol=1e-5)
+  assert abs(row["recall"] - want.mean()) < 1e-5
+  assert abs(row["density"] - ok.sum() / (key <= pos).sum()) < 1e-9
+
+
+def test_planted_local_band_has_no_far_revival():
+  q, k, _, _ = planted.planted_qkv(3, length=4096, kv_heads=1, head_dim=32, patterns=("local",))
+  pos = np.arange(3000, 3064)[:, None]  # 64 late queries, past the former period (1984)
+  key = np.arange(4096)[None, :]
+  logits = np.asarray(q[0, 3000:3064, 0] @ k[0, :, 0].T) / np.sqrt(32)
+  p = jax.nn.softmax(np.where(key <= pos, logits, -np.inf), axis=-1)
+  near = (key <= pos) & (key > pos - 256)
+  assert float((p * near).sum(-1).mean()) > 0.85

@@ -2,10 +2,11 @@
 
 The math lives in ``jaxllm.attention.sparse.{cca,hyper,moba}`` (each with a dense-masked
 reference); this module validates options and registers the methods. All three are causal
-self-attention rules (queries are the last T of S keys). ``cca`` (key slices per query tile) and
-``moba`` (a walk over key blocks masked by the per-query gate) run in plain JAX (``xla``;
-``auto`` is the same path) and are differentiable end to end. ``hyper`` also accepts ``pallas``: its sorted block-diagonal part then runs the block-sparse
-kernel with a diagonal table (Triton on GPU, Mosaic on TPU, interpreted elsewhere).
+self-attention rules (queries are the last T of S keys). ``cca`` (key slices per query tile, plain
+JAX) and ``moba`` (its selected pairs only, on the block-sparse gather path) run one path
+(``xla``; ``auto`` is the same) and are differentiable end to end. ``hyper`` also accepts
+``pallas``: its sorted block-diagonal part then runs the block-sparse kernel with a diagonal
+table (Triton on GPU, Mosaic on TPU, interpreted elsewhere).
 """
 
 import jax
@@ -41,7 +42,7 @@ def cca(q, k, v, *, impl="auto", causal=True, group_size=cca_lib.GROUP_SIZE,
 def moba(q, k, v, *, impl="auto", causal=True, chunk_size=moba_lib.CHUNK_SIZE,
          topk=moba_lib.TOPK, scale=None):
   """Mixture of block attention: each query's top-k key blocks by <q, mean k>, own block causal."""
-  del impl  # one path: the gated key-block walk in plain JAX
+  del impl  # one path: the block-sparse gather path over the selected pairs
   _need_causal("moba", causal)
   moba_lib.check_options(chunk_size, topk)
   o, _ = moba_lib.attention(q, k, v, chunk_size=chunk_size, topk=topk,

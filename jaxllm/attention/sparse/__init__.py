@@ -35,6 +35,7 @@ SELECTORS = {
     "cca": cca.pair_mask,
     "hyper": hyper.select,
 }
+METHODS = tuple(SELECTORS)
 
 
 def select(method: str, q, k, **options):

@@ -4,13 +4,17 @@ Implemented from the paper and REFERENCE A (the public code is source-available 
 Defaults are v1.1: mask_k 512 tokens, block_q 64, block_k 2, query stride 2, sink 16, window
 256, centre representative. Per query block:
 
-* the visible key blocks (those starting at or before the block's last position) are tiled by
-  m = mask_k / block_k groups, group j = blocks [floor(j n / m), floor((j + 1) n / m));
+* the search covers the key blocks between the sink and the window, as the public v1.1 code
+  does (``masking_iteration_draft``: blocks [ceil(sink / block_k), that + ceil((n - window -
+  sink) / block_k)), n = the block's last position + 1), tiled by m = mask_k / block_k groups,
+  group j = blocks [lo0 + floor(j c / m), lo0 + floor((j + 1) c / m)) for the c blocks there (the
+  public code also rounds group starts to a power-of-two step; not done here);
 * each round every group splits in two halves ([lo, mid), [mid, hi), mid = lo + size // 2); a
-  half is scored by its representative key block (the centre block (lo + hi - 1) // 2) as the
-  max over the block's strided queries (rows 0, stride, ...) and the block's keys of q.k,
-  causal; the m best halves are kept (empty halves never); rounds repeat until every group is
-  one block, ceil(log2(ceil(nk / m))) rounds, so selection costs O(T log T);
+  half is scored by its representative key block (the centre block lo + size // 2 of the half,
+  the public ``sample_method="center"``) as the max over the block's strided queries (rows 0,
+  stride, ...) and the block's keys of q.k, causal; the m best halves are kept (empty halves
+  never); rounds repeat until every group is one block, ceil(log2(ceil(nk / m))) rounds, so
+  selection costs O(T log T);
 * the attended set is the selected blocks, the blocks holding the first ``sink`` keys and those
   touched by the block's last ``window`` keys (from its first query).
 
@@ -49,15 +53,18 @@ def rounds_needed(nk: int, m: int) -> int:
   return max(0, math.ceil(math.log2(size))) if size > 1 else 0
 
 
-@functools.partial(jax.jit, static_argnames=("mask_k", "block_q", "block_k", "stride"))
-def tree_search(q, k, *, mask_k: int, block_q: int, block_k: int, stride: int):
+@functools.partial(jax.jit, static_argnames=("mask_k", "block_q", "block_k", "stride", "sink",
+                                             "window"))
+def tree_search(q, k, *, mask_k: int, block_q: int, block_k: int, stride: int, sink: int = 0,
+                window: int = 0):
   """Selected key blocks, bool [B, H, nq, nk]."""
   b, t, h, d = q.shape
   s = k.shape[1]
   nq, nk = C.num_blocks(t, block_q), C.num_blocks(s, block_k)
   m = mask_k // block_k
   last = C.query_block_last(t, s, block_q)  # [nq]
-  n_vis = jnp.asarray(last // block_k + 1)  # visible key blocks per query block
+  lo0 = C.num_blocks(sink, block_k)  # the search starts after the sink blocks
+  n_search = jnp.asarray(-(-np.maximum(last + 1 - window - sink, 0) // block_k))
   # Strided query rows of each block; rows past T are dropped from the max.
   rows = np.arange(nq)[:, None] * block_q + np.arange(0, block_q, stride)[None, :]
   row_ok = jnp.asarray(rows < t)
@@ -67,8 +74,8 @@ def tree_search(q, k, *, mask_k: int, block_q: int, block_k: int, stride: int):
   k_blocks = jnp.transpose(C.expand_heads(kp, h).reshape(b, nk, block_k, h, d), (0, 3, 1, 2, 4))
 
   j = jnp.arange(m)
-  lo = (j[None, :] * n_vis[:, None]) // m  # [nq, m]
-  hi = ((j[None, :] + 1) * n_vis[:, None]) // m
+  lo = lo0 + (j[None, :] * n_search[:, None]) // m  # [nq, m]
+  hi = lo0 + ((j[None, :] + 1) * n_search[:, None]) // m
   lo, hi = (jnp.broadcast_to(x, (b, h, nq, m)) for x in (lo, hi))
 
   def score(rep, valid):
@@ -86,7 +93,7 @@ def tree_search(q, k, *, mask_k: int, block_q: int, block_k: int, stride: int):
     c_lo = jnp.concatenate([lo, mid], axis=-1)
     c_hi = jnp.concatenate([mid, hi], axis=-1)
     valid = c_hi > c_lo
-    rep = jnp.clip((c_lo + c_hi - 1) // 2, 0, nk - 1)
+    rep = jnp.clip(c_lo + (c_hi - c_lo) // 2, 0, nk - 1)
     _, best = jax.lax.top_k(score(rep, valid), m)
     lo = jnp.take_along_axis(c_lo, best, axis=-1)
     hi = jnp.take_along_axis(c_hi, best, axis=-1)
@@ -105,7 +112,8 @@ def select(q, k, *, mask_k=DEFAULTS["mask_k"], block_q=DEFAULTS["block_q"],
   check_options(mask_k=mask_k, block_q=block_q, block_k=block_k, stride=stride, sink=sink,
                 window=window)
   t, s = q.shape[1], k.shape[1]
-  blocks = tree_search(q, k, mask_k=mask_k, block_q=block_q, block_k=block_k, stride=stride)
+  blocks = tree_search(q, k, mask_k=mask_k, block_q=block_q, block_k=block_k, stride=stride,
+                       sink=sink, window=window)
   first = C.query_block_first(t, s, block_q)[:, None]
   start = np.arange(C.num_blocks(s, block_k))[None, :] * block_k
   fixed = (start < sink) | ((start + block_k - 1 >= first - window + 1) & (window > 0))

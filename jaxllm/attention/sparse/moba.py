@@ -10,12 +10,11 @@ gate, past blocks ranked, future blocks -inf). Defaults follow the public 8k con
 
 The selection is per query token, not per query block, so it is not a :class:`BlockTable` with
 block_q > 1: :func:`gate` returns the chosen key blocks as int32 [B, H, T, topk] indices with a
-validity mask. :func:`attention` walks the key blocks with an online softmax, each block against
-the queries at or after it, masked by their gates (a gather of every query's own blocks moves
-T x topk x chunk_size x D values per head and was several times slower than dense on CPU; the
-walk costs the causal triangle in large matmuls, like dense, plus the gate). Heads: each
-query head gates with the mean keys of its own KV head (GQA), so members of a group may select
-different blocks.
+validity mask. :func:`attention` runs the selected pairs, and only those, on the block-sparse op:
+the own block as a block-diagonal causal table, and the past blocks by regrouping the
+(query, block) pairs so that queries sharing a key block form whole query blocks (the varlen
+grouping of the public efficient code, in static shapes). Heads: each query head gates with the
+mean keys of its own KV head (GQA), so members of a group may select different blocks.
 """
 
 import functools
@@ -25,6 +24,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.attention import masks as vis
+from pallas_kernels.block_sparse.api import block_sparse_attention
+from pallas_kernels.block_sparse.masks import BlockTable
 
 CHUNK_SIZE = 512  # public configuration at 8k (2048 at 32k, 4096 at 1M)
 TOPK = 3
@@ -73,60 +74,118 @@ def gate(q, k, *, chunk_size=CHUNK_SIZE, topk=TOPK):
   return idx.astype(jnp.int32), top > -jnp.inf
 
 
+PAST_BLOCK_Q = 64  # query rows per table block of the past-block part
+
+
+def _own_blocks(q, k, v, *, chunk_size, scale):
+  """Each query against its own key block, causal: (o [B, T, H, D], lse [B, H, T]).
+
+  The queries are front-padded to a chunk boundary, so that every query block of ``chunk_size``
+  rows lies in one key block; the padded rows stay the last T' <= S positions and are dropped.
+  """
+  b, t, h, _ = q.shape
+  s = k.shape[1]
+  pad = (s - t) % chunk_size
+  q_p = jnp.pad(q, ((0, 0), (pad, 0), (0, 0), (0, 0)))
+  nq = -(-(t + pad) // chunk_size)
+  own = (s - t - pad) // chunk_size + jnp.arange(nq, dtype=jnp.int32)
+  table = BlockTable(jnp.broadcast_to(own[None, None, :, None], (1, 1, nq, 1)),
+                     jnp.ones((1, 1, nq), jnp.int32), block_q=chunk_size, block_k=chunk_size)
+  o, lse = block_sparse_attention(q_p, k, v, table, causal=True, scale=scale, impl="xla",
+                                  return_lse=True)
+  return o[:, pad:], lse[..., pad:]
+
+
+def _past_layout(past, nk: int, block_q: int):
+  """Rows of the past-block part: each (query, selected past block) pair becomes one row, the
+  rows grouped by key block and each group padded to whole query blocks of ``block_q``.
+
+  Args:
+    past: int32 [B, H, N] the key block of each pair, ``nk`` for an empty slot.
+
+  Returns:
+    (dest int32 [B, H, N] the row of each pair, src int32 [B, H, M] the pair of each row (0 on
+    padding rows), kv_idx int32 [B, H, M / block_q], kv_cnt int32 [same]): the table lists one
+    key block per query block, none for padding and empty-slot groups.
+  """
+  n = past.shape[-1]
+  rows = -(-(n + (nk + 1) * (block_q - 1)) // block_q) * block_q  # static bound on the padding
+  count = jax.vmap(jax.vmap(lambda x: jnp.bincount(x, length=nk + 1)))(past)  # [B, H, nk + 1]
+  padded = -(-count // block_q) * block_q
+  start_sorted = jnp.cumsum(count, -1) - count
+  start_rows = jnp.cumsum(padded, -1) - padded
+  order = jnp.argsort(past, axis=-1, stable=True)
+  group = jnp.take_along_axis(past, order, -1)
+  rank = jnp.arange(n) - jnp.take_along_axis(start_sorted, group, -1)
+  dest_sorted = jnp.take_along_axis(start_rows, group, -1) + rank
+  dest = jnp.take_along_axis(dest_sorted, jnp.argsort(order, axis=-1), -1)
+  src = jax.vmap(jax.vmap(lambda d: jnp.zeros((rows,), jnp.int32).at[d].set(
+      jnp.arange(n, dtype=jnp.int32))))(dest)
+  first_row = jnp.arange(rows // block_q) * block_q
+  block_group = jax.vmap(jax.vmap(lambda ends: jnp.searchsorted(ends, first_row, side="right")))(
+      jnp.cumsum(padded, -1))
+  real = block_group < nk
+  return (dest.astype(jnp.int32), src, jnp.where(real, block_group, 0).astype(jnp.int32),
+          real.astype(jnp.int32))
+
+
+def _past_blocks(q, k, v, idx, ok, *, chunk_size, scale):
+  """Each query against its selected past blocks (whole blocks, no mask): per slot
+  (o [B, H, T, n, D], lse [B, H, T, n]), lse -inf on empty slots."""
+  b, t, h, d = q.shape
+  s = k.shape[1]
+  nk = -(-s // chunk_size)
+  own = ((jnp.arange(t) + s - t) // chunk_size)[:, None]
+  sel = ok & (idx != own)
+  n_slot = idx.shape[-1]
+  past = jnp.where(sel, idx, nk).reshape(b, h, t * n_slot)
+  dest, src, kv_idx, kv_cnt = _past_layout(past, nk, PAST_BLOCK_Q)
+  q_rows = jnp.take_along_axis(jnp.swapaxes(q, 1, 2), (src // n_slot)[..., None], axis=2)
+  table = BlockTable(kv_idx[..., None], kv_cnt, block_q=PAST_BLOCK_Q, block_k=chunk_size)
+  o, lse = block_sparse_attention(jnp.swapaxes(q_rows, 1, 2), k, v, table, causal=False,
+                                  scale=scale, impl="xla", return_lse=True)
+  o = jnp.take_along_axis(jnp.swapaxes(o, 1, 2), dest[..., None], axis=2)
+  lse = jnp.take_along_axis(lse, dest, axis=-1)
+  o = o.reshape(b, h, t, n_slot, d)
+  return o, jnp.where(sel, lse.reshape(b, h, t, n_slot), -jnp.inf)
+
+
 @functools.partial(jax.jit, static_argnames=("chunk_size", "topk", "scale"))
 def attention(q, k, v, *, chunk_size=CHUNK_SIZE, topk=TOPK, scale=None):
-  """MoBA attention (causal; queries are the last T of S keys).
+  """MoBA attention (causal; queries are the last T of S keys) on the block-sparse op.
 
-  Walks the key blocks: block i meets only the queries at or after its start (a static slice),
-  every query's logits against it are masked by that query's gate, and an online softmax merges
-  the blocks. Work is the causal block triangle in large matmuls, with no per-query gather.
+  Two parts, each run by ``pallas_kernels.block_sparse`` (the gather path) over the pairs MoBA
+  selects and no others: every query against its own block (causal), and every (query, selected
+  past block) pair as one row of a layout grouped by key block, so that a table with one whole
+  key block per query block runs them. The parts are merged by their log-sum-exps; gradients
+  flow through the layout's gathers (the gate itself, a top-k, has none, as in the reference).
 
   Returns:
     (o [B, T, H, D] in q's dtype, lse float32 [B, H, T]).
   """
   check_options(chunk_size, topk)
   b, t, h, d = q.shape
-  s, hkv = k.shape[1], k.shape[2]
-  g = h // hkv
   scale = 1.0 / math.sqrt(d) if scale is None else scale
   idx, ok = gate(q, k, chunk_size=chunk_size, topk=topk)
-  nk = -(-s // chunk_size)
-  chosen = jnp.any((jax.lax.stop_gradient(idx)[..., None] == jnp.arange(nk)) & ok[..., None],
-                   axis=-2).reshape(b, hkv, g, t, nk)
-  q_g = q.reshape(b, t, hkv, g, d)
-  q_pos = jnp.arange(t) + s - t
-
-  @jax.checkpoint
-  def step(carry, q_i, k_i, v_i, see):
-    acc, m, l = carry  # [B, Hkv, G, rows, D], [B, Hkv, G, rows] x2
-    logits = jnp.einsum("btkgd,bckd->bkgtc", q_i, k_i, preferred_element_type=jnp.float32)
-    logits = jnp.where(see, logits * scale, -jnp.inf)
-    m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(logits, axis=-1)))
-    m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-    alpha = jnp.exp(m - m_safe)
-    p = jnp.exp(logits - m_safe[..., None])
-    acc = alpha[..., None] * acc + jnp.einsum("bkgtc,bckd->bkgtd", p.astype(v_i.dtype), v_i,
-                                              preferred_element_type=jnp.float32)
-    return acc, m_new, alpha * l + jnp.sum(p, axis=-1)
-
-  acc = jnp.zeros((b, hkv, g, t, d), jnp.float32)
-  m = jnp.full((b, hkv, g, t), -jnp.inf)
-  l = jnp.zeros((b, hkv, g, t), jnp.float32)
-  for i in range(nk):
-    lo, hi = i * chunk_size, min((i + 1) * chunk_size, s)
-    r0 = max(lo - (s - t), 0)  # earlier queries cannot see block i
-    if r0 >= t:
-      continue
-    k_pos = jnp.arange(lo, hi)
-    see = chosen[:, :, :, r0:, i, None] & (k_pos <= q_pos[r0:, None])
-    part = step((acc[..., r0:, :], m[..., r0:], l[..., r0:]), q_g[:, r0:], k[:, lo:hi],
-                v[:, lo:hi], see)
-    acc, m, l = (x.at[..., r0:, :].set(y) if x.ndim == 5 else x.at[..., r0:].set(y)
-                 for x, y in zip((acc, m, l), part))
-  has = l > 0
-  safe = jnp.where(has, l, 1.0)
-  o = jnp.moveaxis((acc / safe[..., None]).reshape(b, h, t, d), 1, 2)
-  return o.astype(q.dtype), jnp.where(has, m + jnp.log(safe), -jnp.inf).reshape(b, h, t)
+  idx = jax.lax.stop_gradient(idx)
+  o_own, lse_own = _own_blocks(q, k, v, chunk_size=chunk_size, scale=scale)
+  parts_o = [jnp.swapaxes(o_own, 1, 2)[..., None, :].astype(jnp.float32)]
+  parts_lse = [lse_own[..., None]]
+  if idx.shape[-1] > 1:
+    o_past, lse_past = _past_blocks(q, k, v, idx, ok, chunk_size=chunk_size, scale=scale)
+    parts_o.append(o_past.astype(jnp.float32))
+    parts_lse.append(lse_past)
+  o_all = jnp.concatenate(parts_o, axis=-2)  # [B, H, T, parts, D]
+  lse_all = jnp.concatenate(parts_lse, axis=-1)
+  m = jax.lax.stop_gradient(jnp.max(lse_all, axis=-1, keepdims=True))
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  w = jnp.where(jnp.isfinite(lse_all), jnp.exp(lse_all - m), 0.0)
+  total = w.sum(-1)
+  has = total > 0
+  safe = jnp.where(has, total, 1.0)
+  o = jnp.einsum("bhtp,bhtpd->bhtd", w, o_all) / safe[..., None]
+  lse = jnp.where(has, m[..., 0] + jnp.log(safe), -jnp.inf)
+  return jnp.swapaxes(o, 1, 2).astype(q.dtype), lse
 
 
 def reference(q, k, v, *, chunk_size=CHUNK_SIZE, topk=TOPK, scale=None):

@@ -11,14 +11,18 @@ exp(q.c_l / sqrt(D)). One level keeps the clusters with p_j >= threshold. Two le
 coarse clusters above the coarse threshold, then the fine clusters under them whose p_j (with the
 coarse sum as the denominator, so the lookup never touches discarded branches) is above the fine
 threshold. Kept clusters' keys are attended exactly, together with every key after the fixed
-context (causal). The kernel contract is per query block, so a block keeps the union of its
-queries' clusters; queries inside the fixed context attend densely (its own prefill is offline).
+context (causal); queries inside the fixed context attend densely (its own prefill is offline).
+``lookup`` says which queries share a key set: ``"call"`` (default, the public code,
+SqueezeAILab/SqueezedAttention ``centroid_lookup``): p_j averaged over all the call's queries
+after the fixed context, one set per head; ``"query_block"``: per query block, the union of its
+queries' own sets (a finer, per-query reading at the kernel's granularity).
 
 Thresholds are calibrated as the ``quantile`` (0.9, the paper's evaluations) of the estimated
-probabilities averaged over the last 100 calibration queries, pooled over all heads (and all
-layers when :func:`prepare` gets one key tensor per layer). Without a prepared index the method
-clusters ``k[:, :fixed_len]`` and calibrates on the call's own last 100 queries. ``threshold=0``
-keeps every cluster (exact).
+probabilities averaged over the last 100 calibration queries, taken per fixed key (each key
+carries its cluster's estimate, as the public ``run_global_threshold`` does, so a cluster counts
+N_j times), pooled over all heads (and all layers when :func:`prepare` gets one key tensor per
+layer). Without a prepared index the method clusters ``k[:, :fixed_len]`` and calibrates on the
+call's own last 100 queries. ``threshold=0`` keeps every cluster (exact).
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from jaxllm.attention.sparse import _common as C
 
 METHOD = "squeezed"
 DEFAULTS = dict(ratio=0.05, levels=1, coarse_ratio=0.25, quantile=0.9, calib_queries=100,
-                iters=20, seed=0, block=64)
+                iters=20, seed=0, block=64, lookup="call")
+LOOKUPS = ("call", "query_block")
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -158,12 +163,18 @@ def check_options(*, ratio, levels, coarse_ratio, quantile, calib_queries, iters
 
 def calibrate(indexes, queries, *, quantile, calib_queries, scale=None):
   """Per-level thresholds: the ``quantile`` of the estimates averaged over the last
-  ``calib_queries`` queries, pooled over heads and over the (index, queries) pairs (layers)."""
+  ``calib_queries`` queries, one value per fixed key (its cluster's), pooled over heads and over
+  the (index, queries) pairs (layers)."""
   pooled = None
   for index, q in zip(indexes, queries):
     sc = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     q_last = q[:, max(0, q.shape[1] - calib_queries):]
-    est = [e.mean(axis=2).reshape(-1) for e in estimates(index, q_last, scale=sc)]
+    g = q.shape[2] // index.labels.shape[1]
+    labels = jnp.repeat(index.labels, g, axis=1)  # [B, H, F]
+    key_of = [labels] if index.levels == 1 else [
+        labels, jnp.take_along_axis(jnp.repeat(index.parent, g, axis=1), labels, axis=-1)]
+    est = [jnp.take_along_axis(e.mean(axis=2), lab, axis=-1).reshape(-1)
+           for e, lab in zip(estimates(index, q_last, scale=sc), key_of)]
     pooled = est if pooled is None else [jnp.concatenate([a, e]) for a, e in zip(pooled, est)]
   return jnp.stack([jnp.quantile(p, quantile) for p in pooled]).astype(jnp.float32)
 
@@ -206,9 +217,13 @@ def prepare(k_fixed, q_calib=None, *, ratio=DEFAULTS["ratio"], levels=DEFAULTS["
 
 
 @functools.partial(jax.jit, static_argnames=("scale",))
-def kept_clusters(index: SqueezedIndex, q, thresholds, *, scale):
-  """Bool [B, H, T, C]: the fine clusters each query keeps."""
+def kept_clusters(index: SqueezedIndex, q, thresholds, *, scale, average=None):
+  """Bool [B, H, T, C]: the fine clusters each query keeps; with ``average`` (bool [T]) every
+  query keeps those whose estimate averaged over the ``average`` queries passes."""
   est = estimates(index, q, scale=scale)
+  if average is not None:
+    w = jnp.where(average, 1.0, 0.0) / jnp.maximum(jnp.sum(average), 1)
+    est = [jnp.broadcast_to(jnp.einsum("bhtc,t->bhc", e, w)[:, :, None], e.shape) for e in est]
   keep = est[0] >= thresholds[0]
   if index.levels == 2:
     h = q.shape[2]
@@ -222,14 +237,16 @@ def select(q, k, *, index=None, fixed_len=None, threshold=None, block=DEFAULTS["
            ratio=DEFAULTS["ratio"], levels=DEFAULTS["levels"],
            coarse_ratio=DEFAULTS["coarse_ratio"], quantile=DEFAULTS["quantile"],
            calib_queries=DEFAULTS["calib_queries"], iters=DEFAULTS["iters"],
-           seed=DEFAULTS["seed"], scale=None):
+           seed=DEFAULTS["seed"], lookup=DEFAULTS["lookup"], scale=None):
   """Squeezed Attention's keys: a :class:`VerticalSlash` (blocks after the fixed context, the
   kept fixed keys as columns), or a dense :class:`BlockTable` when there is no fixed context.
+  ``lookup`` is one of :data:`LOOKUPS` (see the module doc).
 
   ``threshold`` (a number, or one per level: fine, coarse) overrides the index's calibration.
   """
   C.check_inputs(METHOD, q, k)
   C.check_int(METHOD, "block", block)
+  C.check_choice(METHOD, "lookup", lookup, LOOKUPS)
   b, t, h, d = q.shape
   s = k.shape[1]
   scale = 1.0 / math.sqrt(d) if scale is None else float(scale)
@@ -269,7 +286,11 @@ def select(q, k, *, index=None, fixed_len=None, threshold=None, block=DEFAULTS["
     thresholds = index.thresholds
   f = index.fixed_len
   nq, nk = C.num_blocks(t, block), C.num_blocks(s, block)
-  keep = kept_clusters(index, q, thresholds, scale=scale)  # [B, H, T, C]
+  after = None
+  if lookup == "call":  # the queries after the fixed context share one set per head
+    pos = np.arange(t) + (s - t)
+    after = jnp.asarray(pos >= f if (pos >= f).any() else np.ones(t, bool))
+  keep = kept_clusters(index, q, thresholds, scale=scale, average=after)  # [B, H, T, C]
   keep = jnp.pad(keep, ((0, 0), (0, 0), (0, nq * block - t), (0, 0)))
   keep = keep.reshape(b, h, nq, block, -1).any(axis=3)  # union over the block's queries
   labels = jnp.repeat(index.labels, h // index.labels.shape[1], axis=1)[:, :, None, :]

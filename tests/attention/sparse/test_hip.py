@@ -14,8 +14,9 @@ OPTS = dict(mask_k=32, block_q=16, block_k=4, stride=2, sink=4, window=16)
 
 
 def numpy_hip(q, k, *, mask_k, block_q, block_k, stride, sink, window):
-  """Groups tile the visible key blocks; each round halves them, scores each half by its centre
-  block (max over strided queries and the block's keys, causal) and keeps the m best."""
+  """Groups tile the key blocks between the sink and the window; each round halves them, scores
+  each half by its centre block lo + size // 2 (max over strided queries and the block's keys,
+  causal) and keeps the m best."""
   q, k = th.np32(q), th.np32(k)
   b, t, h, d = q.shape
   s, hkv = k.shape[1], k.shape[2]
@@ -34,7 +35,7 @@ def numpy_hip(q, k, *, mask_k, block_q, block_k, stride, sink, window):
         def score(lo, up):
           if up <= lo:
             return -np.inf
-          rep = (lo + up - 1) // 2
+          rep = lo + (up - lo) // 2
           best = -np.inf
           for r in rows:
             for key in range(rep * block_k, min((rep + 1) * block_k, s)):
@@ -42,8 +43,9 @@ def numpy_hip(q, k, *, mask_k, block_q, block_k, stride, sink, window):
                 best = max(best, q[bi, r, hi] @ kh[key])
           return best
 
-        n_vis = last[i] // block_k + 1
-        groups = [(j * n_vis // m, (j + 1) * n_vis // m) for j in range(m)]
+        lo0 = -(-sink // block_k)
+        n_search = -(-max(last[i] + 1 - window - sink, 0) // block_k)
+        groups = [(lo0 + j * n_search // m, lo0 + (j + 1) * n_search // m) for j in range(m)]
         for _ in range(rounds):
           cands = [(lo, lo + (up - lo) // 2) for lo, up in groups]
           cands += [(lo + (up - lo) // 2, up) for lo, up in groups]

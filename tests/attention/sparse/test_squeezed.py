@@ -44,12 +44,16 @@ def numpy_estimates(index, q):
   return [fine / coarse_den, coarse / coarse_den]
 
 
-def numpy_positions(index, q, k, thresholds):
-  """Kept fixed keys (union over each query block) + everything after the fixed context."""
+def numpy_positions(index, q, k, thresholds, lookup="query_block"):
+  """Kept fixed keys (union over each query block, or from the estimate averaged over the
+  queries after the fixed context for ``lookup="call"``) + everything after the fixed context."""
   b, t, h, _ = q.shape
   s = k.shape[1]
   f = index.fixed_len
   est = numpy_estimates(index, q)
+  if lookup == "call":
+    after = np.arange(t) + s - t >= f
+    est = [np.broadcast_to(e[:, :, after].mean(2, keepdims=True), e.shape) for e in est]
   keep = est[0] >= thresholds[0]
   g = h // index.labels.shape[1]
   if len(est) == 2:
@@ -114,8 +118,17 @@ def test_threshold_is_the_pooled_quantile_over_layers(levels):
   q2, k2, _ = clustered_inputs(shape, seed=1)
   idx = squeezed.prepare([k1[:, :126], k2[:, :126]], [q1, q2], levels=levels, quantile=0.8,
                          ratio=0.1, coarse_ratio=0.5)
-  pooled = [np.concatenate([e.mean(axis=2).reshape(-1) for e in pair])
-            for pair in zip(*(numpy_estimates(i, q) for i, q in zip(idx, (q1, q2))))]
+  def per_key(i, q):  # each fixed key carries its cluster's (fine / coarse) mean estimate
+    est = [e.mean(axis=2) for e in numpy_estimates(i, q)]
+    lab = np.repeat(np.asarray(i.labels), 2, 1)
+    out = [np.take_along_axis(est[0], lab, -1)]
+    if levels == 2:
+      coarse = np.take_along_axis(np.repeat(np.asarray(i.parent), 2, 1), lab, -1)
+      out.append(np.take_along_axis(est[1], coarse, -1))
+    return [o.reshape(-1) for o in out]
+
+  assert shape[3] // shape[4] == 2
+  pooled = [np.concatenate(pair) for pair in zip(*(per_key(i, q) for i, q in zip(idx, (q1, q2))))]
   want = [np.quantile(p, 0.8) for p in pooled]
   for i in idx:
     np.testing.assert_allclose(np.asarray(i.thresholds), want, rtol=1e-4)
@@ -124,14 +137,17 @@ def test_threshold_is_the_pooled_quantile_over_layers(levels):
 @pytest.mark.parametrize("levels, shape, fixed", [
     (1, "chunk", 126), (2, "full", 64), pytest.param(2, "chunk", 126, marks=pytest.mark.slow),
     pytest.param(1, "full", 64, marks=pytest.mark.slow)])
-def test_selection_matches_numpy(levels, shape, fixed):
+@pytest.mark.parametrize("lookup", ["call", "query_block"])
+def test_selection_matches_numpy(levels, shape, fixed, lookup):
   b, t, s, h, hkv = th.SHAPES[shape]
   q, k, _ = clustered_inputs(th.SHAPES[shape])
   index = squeezed.prepare(k[:, :fixed], levels=levels, ratio=0.1, coarse_ratio=0.5)
-  # Thresholds high enough that a block's union of its queries' clusters stays sparse.
-  thr = [float(np.quantile(e, 0.99)) for e in numpy_estimates(index, q)]
-  sel = select("squeezed", q, k, index=index, threshold=thr, block=BLOCK)
-  want = numpy_positions(index, q, k, thr)
+  # Thresholds high enough that a block's union of its queries' clusters stays sparse (a lower
+  # quantile for the averaged estimate, which is smoother).
+  quant = 0.99 if lookup == "query_block" else 0.7
+  thr = [float(np.quantile(e, quant)) for e in numpy_estimates(index, q)]
+  sel = select("squeezed", q, k, index=index, threshold=thr, block=BLOCK, lookup=lookup)
+  want = numpy_positions(index, q, k, thr, lookup)
   vis = visible(t, s)
   assert 0 < (want & vis).sum() < vis.sum() * b * h
   got = np.asarray(dense_mask(sel, t, s, causal=True))
@@ -164,6 +180,7 @@ def test_full_budget_equals_dense(shape, dtype):
 
 @pytest.mark.parametrize("options, word", [
     (dict(ratio=0.0), "ratio"), (dict(levels=3), "levels"), (dict(quantile=1.5), "quantile"),
+    (dict(lookup="token"), "lookup"),
     (dict(threshold=-1.0), "threshold"), (dict(threshold=[0.1, 0.1, 0.1]), "threshold"),
     (dict(index="centroids"), "index"), (dict(fixed_len=10_000), "fixed_len"),
     (dict(block=0), "block")])
