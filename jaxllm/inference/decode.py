@@ -123,7 +123,7 @@ def prefill(model, tokens_BT, policy: Policy, max_new_tokens: int, lengths=None)
   ``policy.budget`` tokens.
   """
   check_model(model)
-  if policy.name == "sirllm":
+  if getattr(policy, "name", None) == "sirllm":
     raise ValueError("policy 'sirllm' evicts by dialogue turns with positions as slots: use "
                      "jaxllm.inference.sirllm (start, turn, respond) or decode.generate")
   b, t = tokens_BT.shape
@@ -236,7 +236,7 @@ def generate(model, prompt_BT, max_new_tokens: int, policy=None, *, lengths=None
   if temperature > 0 and rng is None:
     raise ValueError("sampling (temperature > 0) needs rng, a jax PRNG key")
   prompt_BT, lengths = _check_prompt(model, prompt_BT, max_new_tokens, lengths, padding)
-  if policy.name == "sirllm":  # one dialogue turn on an empty cache
+  if getattr(policy, "name", None) == "sirllm":  # one dialogue turn on an empty cache
     if return_trace or int(jnp.min(lengths)) != prompt_BT.shape[1]:
       raise ValueError("policy 'sirllm' generates from unpadded prompts without return_trace")
     from jaxllm.inference import sirllm

@@ -77,14 +77,28 @@ PAIRS_PER_STEP = 16  # listed (query block, key block) pairs per loop step; see 
 def _listed_pairs(table: masks.BlockTable, chunk: int):
   """The table's listed pairs in row-major order, padded to a multiple of ``chunk``.
 
-  Returns (row [P], key_block [P], count): row r = (b H + h) nq + i names query block i of
-  head h in batch b; only the first ``count`` (a traced scalar) entries are real.
+  Returns (row [P], rank [P], key_block [P], count, rank_of_row [R]): row r = (b H + h) nq + i
+  names query block i of head h in batch b; ``rank`` numbers only the rows that list a block
+  (consecutively, so ``chunk`` consecutive pairs span at most ``chunk`` consecutive ranks however
+  many empty rows lie between them), ``rank_of_row`` is -1 on empty rows; only the first
+  ``count`` (a traced scalar) entries are real.
   """
   m = table.max_blocks
-  listed = (jnp.arange(m) < table.kv_cnt[..., None]).reshape(-1)
+  cnt = table.kv_cnt.reshape(-1)
+  listed = (jnp.arange(m) < cnt[:, None]).reshape(-1)
   total = -(-listed.shape[0] // chunk) * chunk
   (slot,) = jnp.nonzero(listed, size=total, fill_value=0)
-  return slot // m, table.kv_idx.reshape(-1)[slot], jnp.sum(listed, dtype=jnp.int32)
+  nonempty = cnt > 0
+  rank_of_row = jnp.where(nonempty, jnp.cumsum(nonempty) - 1, -1).astype(jnp.int32)
+  row = slot // m
+  return (row, rank_of_row[row], table.kv_idx.reshape(-1)[slot], jnp.sum(listed, dtype=jnp.int32),
+          rank_of_row)
+
+
+def _by_row(x_rank, rank_of_row, fill):
+  """Per-rank accumulators [R, ...] back to per-row ones, ``fill`` on rows that list nothing."""
+  got = x_rank[jnp.maximum(rank_of_row, 0)]
+  return jnp.where((rank_of_row >= 0).reshape((-1,) + (1,) * (got.ndim - 1)), got, fill)
 
 
 def _window(x, start, width):
@@ -117,11 +131,10 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
   nq, nk = masks.num_blocks(t, bq), masks.num_blocks(s, bk)
   n_rows = b * h * nq
   width = min(pairs_per_step, n_rows)
-  row_P, kblk_P, count = _listed_pairs(table, pairs_per_step)
+  row_P, rank_P, kblk_P, count, rank_of_row = _listed_pairs(table, pairs_per_step)
   # Key rows of the flattened [B * Hkv * nk, bk, D] blocks each pair reads (GQA: h // G).
   bh_P = row_P // nq
   kv_row_P = ((bh_P // h) * hkv + (bh_P % h) // (h // hkv)) * nk + kblk_P
-  steps = (count + pairs_per_step - 1) // pairs_per_step
   q_off = s - t
 
   def flat_q(x):  # [B, T, H, D'] -> [B * H * nq, bq, D']
@@ -134,13 +147,16 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
     x = jnp.pad(x_BHT, ((0, 0), (0, 0), (0, nq * bq - t)), constant_values=fill)
     return x.reshape(n_rows, bq)
 
-  def tiles(c, q_R, k_R, v_R):
+  def tiles(c, q_R, k_R, v_R, pairs, segment_ids):
     """Step c's pairs: their rows, window start, local rows, q/k/v tiles, logits, visibility."""
+    row_P, rank_P, kblk_P, kv_row_P, count, _ = pairs
     sl = lambda x: jax.lax.dynamic_slice_in_dim(x, c * pairs_per_step, pairs_per_step)
-    row, kblk, kv_row = sl(row_P), sl(kblk_P), sl(kv_row_P)
+    row, rank, kblk, kv_row = sl(row_P), sl(rank_P), sl(kblk_P), sl(kv_row_P)
     live = c * pairs_per_step + jnp.arange(pairs_per_step) < count
-    start = jnp.clip(row[0], 0, n_rows - width)
-    local = jnp.where(live, row - start, 0)
+    # The running statistics are indexed by rank (rows that list a block), so a step's window
+    # of ``width`` ranks holds all of its pairs' rows.
+    start = jnp.clip(rank[0], 0, n_rows - width)
+    local = jnp.where(live, rank - start, 0)
     q_c, k_c, v_c = q_R[row], k_R[kv_row], v_R[kv_row]
     x = jnp.einsum("cqd,ckd->cqk", q_c, k_c, preferred_element_type=jnp.float32)
     x = cap_logits(x, softcap)
@@ -155,17 +171,20 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
     ok = visible_pairs(q_pos[..., None], k_pos[:, None, :], causal=causal, window=window,
                        sinks=sinks, **seg)
     ok &= ((q_pos - q_off < t) & live[:, None])[..., None] & (k_pos < s)[:, None, :]
-    return start, local, kv_row, (q_c, k_c, v_c), x, ok
+    return start, local, row, kv_row, (q_c, k_c, v_c), x, ok
 
   def scaled(q):  # the scale folded into q once instead of into every logit tile
     return (q.astype(jnp.float32) * scale).astype(q.dtype)
 
-  def forward(q, k, v):
+  # The pair list and segment ids are explicit (integer, non-differentiable) arguments of the
+  # custom_vjp function: a table computed under jit (a traced selection) must not be closed over.
+  def forward(q, k, v, pairs, segment_ids):
     q_R, k_R, v_R = flat_q(scaled(q)), flat_kv(k), flat_kv(v)
+    steps = (pairs[4] + pairs_per_step - 1) // pairs_per_step
 
     def step(c, carry):
       acc, mx, tot = carry
-      start, local, _, (_, _, v_c), x, ok = tiles(c, q_R, k_R, v_R)
+      start, local, _, _, (_, _, v_c), x, ok = tiles(c, q_R, k_R, v_R, pairs, segment_ids)
       x = jnp.where(ok, x, -jnp.inf)
       acc_w, mx_w, tot_w = (_window(a, start, width) for a in carry)
       mx_new = mx_w.at[local].max(jnp.max(x, axis=-1))
@@ -181,19 +200,23 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
     init = (jnp.zeros((n_rows, bq, d), jnp.float32), jnp.full((n_rows, bq), -jnp.inf),
             jnp.zeros((n_rows, bq), jnp.float32))
     acc, mx, tot = jax.lax.fori_loop(0, steps, step, init)
+    rank_of_row = pairs[5]
+    acc, mx, tot = (_by_row(acc, rank_of_row, 0.0), _by_row(mx, rank_of_row, -jnp.inf),
+                    _by_row(tot, rank_of_row, 0.0))
     return _finish(acc.reshape(b, h, nq, bq, d), mx.reshape(b, h, nq, bq),
                    tot.reshape(b, h, nq, bq), t, q.dtype)
 
   @jax.custom_vjp
-  def attend(q, k, v):
-    return forward(q, k, v)
+  def attend(q, k, v, pairs, segment_ids):
+    return forward(q, k, v, pairs, segment_ids)
 
-  def attend_fwd(q, k, v):
-    o, lse = forward(q, k, v)
-    return (o, lse), (q, k, v, o, lse)
+  def attend_fwd(q, k, v, pairs, segment_ids):
+    o, lse = forward(q, k, v, pairs, segment_ids)
+    return (o, lse), (q, k, v, o, lse, pairs, segment_ids)
 
   def attend_bwd(res, cts):
-    q, k, v, o, lse = res
+    q, k, v, o, lse, pairs, segment_ids = res
+    steps = (pairs[4] + pairs_per_step - 1) // pairs_per_step
     do, dlse = cts
     f32 = lambda x: x.astype(jnp.float32)
     q_R, k_R, v_R = flat_q(f32(q) * scale), flat_kv(f32(k)), flat_kv(f32(v))
@@ -204,8 +227,8 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
 
     def step(c, carry):
       dq, dk, dv = carry
-      start, local, kv_row, (q_c, k_c, v_c), x, ok = tiles(c, q_R, k_R, v_R)
-      row = start + local
+      start, local, row, kv_row, (q_c, k_c, v_c), x, ok = tiles(c, q_R, k_R, v_R, pairs,
+                                                                segment_ids)
       p = jnp.where(ok, jnp.exp(x - lse_R[row][..., None]), 0.0)
       do_c = do_R[row]
       dv = dv.at[kv_row].add(jnp.einsum("cqk,cqd->ckd", p, do_c))
@@ -219,16 +242,17 @@ def blocks_attention(q, k, v, table: masks.BlockTable, *, causal, scale, window,
 
     init = (jnp.zeros_like(q_R), jnp.zeros_like(k_R), jnp.zeros_like(v_R))
     dq, dk, dv = jax.lax.fori_loop(0, steps, step, init)
-    dq = dq * scale  # d logits / d q = scale k; dk already takes it from the scaled q
+    dq = _by_row(dq, pairs[5], 0.0) * scale  # d logits / d q = scale k; dk already takes it from the scaled q
 
     def unblock(x_R, n, length, block, like):
       x = x_R.reshape(b, n, -1, block, d).transpose(0, 2, 3, 1, 4).reshape(b, -1, n, d)
       return x[:, :length].astype(like.dtype)
 
-    return (unblock(dq, h, t, bq, q), unblock(dk, hkv, s, bk, k), unblock(dv, hkv, s, bk, v))
+    return (unblock(dq, h, t, bq, q), unblock(dk, hkv, s, bk, k), unblock(dv, hkv, s, bk, v),
+            None, None)
 
   attend.defvjp(attend_fwd, attend_bwd)
-  return attend(q, k, v)
+  return attend(q, k, v, (row_P, rank_P, kblk_P, kv_row_P, count, rank_of_row), segment_ids)
 
 
 def columns_attention(q, k, v, col_idx, col_cnt, *, block_q, causal, scale, window, sinks,

@@ -89,13 +89,31 @@ def test_packed_segments_forward_and_gradients():
 
 def test_pair_list_is_exactly_the_listed_blocks():
   table = _table(jax.random.key(6), 2, 3, 50, 70, 8, 16, 0.4)
-  row, kblk, count = xla._listed_pairs(table, 7)
+  row, rank, kblk, count, rank_of_row = xla._listed_pairs(table, 7)
   cnt = np.asarray(table.kv_cnt)
   assert int(count) == cnt.sum() and row.shape[0] % 7 == 0 and row.shape[0] >= cnt.sum()
   idx = np.asarray(table.kv_idx).reshape(-1, table.max_blocks)
   want = [(r, int(idx[r, j]))
           for r, c in enumerate(cnt.reshape(-1)) for j in range(c)]
   assert list(zip(np.asarray(row[:count]).tolist(), np.asarray(kblk[:count]).tolist())) == want
+  # Ranks number the rows that list a block, in order; empty rows have none.
+  nonempty = cnt.reshape(-1) > 0
+  want_rank = np.where(nonempty, np.cumsum(nonempty) - 1, -1)
+  np.testing.assert_array_equal(np.asarray(rank_of_row), want_rank)
+  np.testing.assert_array_equal(np.asarray(rank[:count]), want_rank[np.asarray(row[:count])])
+
+
+@pytest.mark.parametrize("pairs_per_step", [2, 16])
+def test_long_runs_of_empty_query_blocks_between_listed_ones(pairs_per_step):
+  """Listed rows far apart (runs of empty query blocks longer than a step's pairs) still merge
+  into their own rows: a step's pairs span consecutive ranks, not consecutive rows."""
+  b, h, t, s, bq, bk = 2, 2, 96, 96, 4, 8
+  nq, nk = masks.num_blocks(t, bq), masks.num_blocks(s, bk)
+  mask = np.zeros((b, h, nq, nk), bool)
+  mask[0, 0, 0, 0] = mask[0, 0, 23, :3] = mask[1, 1, 5, 0] = mask[1, 1, 20, 2:] = True
+  table = masks.from_block_mask(jnp.asarray(mask), block_q=bq, block_k=bk)
+  q, k, v = qkv(jax.random.key(13), b, t, s, h, 2, 8, jnp.float32, cotangent=False)
+  _check(q, k, v, table, 1e-5, pairs_per_step=pairs_per_step, causal=False)
 
 
 @slow
