@@ -35,6 +35,12 @@ def expect_command(argv, command: str, usage: str) -> None:
     sys.exit(2)
 
 
+def expect_no_arguments(argv) -> None:
+  """Exits 2 naming any positional argument (the command takes flags only)."""
+  if len(argv) > 1:
+    fail(f"unexpected arguments {argv[1:]}")
+
+
 def require(*names: str) -> None:
   """Exits 2 naming the first of the flags ``names`` left empty."""
   for name in names:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 
 import numpy as np
@@ -241,9 +240,7 @@ def main():
   FLAGS = flags.FLAGS
 
   def run(argv):
-    if len(argv) > 1:
-      print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-      return 2
+    cli.expect_no_arguments(argv)
     try:
       if not FLAGS.workdir:
         raise ValueError("--workdir is required")
@@ -259,8 +256,7 @@ def main():
         raise ValueError(f"--budget={FLAGS.budget} leaves no room for a turn of {task.turn_len} "
                          f"tokens after {FLAGS.sinks} sinks")
     except ValueError as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 2
+      cli.fail(e)
     os.makedirs(FLAGS.workdir, exist_ok=True)
     model, meta = load_or_train(FLAGS.workdir, task, steps=FLAGS.train_steps, seed=FLAGS.seed)
     rows = evaluate(model, task, policies, counts, num_dialogues=FLAGS.num_dialogues,

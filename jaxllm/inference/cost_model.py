@@ -30,7 +30,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 
 GiB = 2 ** 30
 
@@ -351,9 +350,7 @@ def main():
   FLAGS = flags.FLAGS
 
   def run(argv):
-    if len(argv) > 1:
-      print(f"error: unexpected arguments {argv[1:]}", file=sys.stderr)
-      return 2
+    cli.expect_no_arguments(argv)
     try:
       if not FLAGS.model:
         raise ValueError("--model is required (a Hugging Face directory or a config file)")
@@ -374,8 +371,7 @@ def main():
       policies = [parse_policy(p) for p in FLAGS.policy]
       rows = [estimate(spec, hw, c, FLAGS.batch, p) for p in policies for c in contexts]
     except ValueError as e:
-      print(f"error: {e}", file=sys.stderr)
-      return 2
+      cli.fail(e)
     print(f"{'policy':<22}{'context':>9}{'KV GB':>11}{'prefill s':>11}{'decode ms':>11}"
           f"{'users':>10}{'switch s':>11}")
     for r in rows:
