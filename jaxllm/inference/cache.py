@@ -332,8 +332,9 @@ def _merge_groups(parts, order, hkv: int):
 def streaming_visible(now, pos, *, sinks: int, recent: int):
   """What a DuoAttention streaming head lets the query at ``now`` see among cached positions
   ``pos`` (-1 empty): the first ``sinks`` tokens and the ``recent`` tokens before it (plus itself,
-  which the decode step appends); the band of ``sink_window`` with window = recent + 1."""
-  return (pos >= 0) & (pos <= now) & ((pos < sinks) | (now - pos <= recent))
+  which the decode step appends): the shared visibility rule's band with window = recent + 1."""
+  return (pos >= 0) & masks.visible_pairs(now, pos, causal=True, window=recent + 1,
+                                          sinks=sinks)
 
 
 @flax.struct.dataclass
