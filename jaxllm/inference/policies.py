@@ -149,10 +149,10 @@ def keep_mask(policy: Policy, pos, score, now):
   else:
     protected = pos > now - policy.num_recent
     priority = score.astype(jnp.float32)  # evict the lowest accumulated attention first
-  return occupied & ~_lowest_ranks(occupied & ~protected, priority, n_drop)
+  return occupied & ~lowest_ranks(occupied & ~protected, priority, n_drop)
 
 
-def _lowest_ranks(candidate, priority, n):
+def lowest_ranks(candidate, priority, n):
   """True for the ``n`` candidates (per row) of lowest priority (ties: lower slot index first)."""
   priority = jnp.where(candidate, priority, jnp.inf)
   rank = jnp.argsort(jnp.argsort(priority, axis=-1, stable=True), axis=-1, stable=True)
@@ -173,7 +173,7 @@ def select_mask(policy: Policy, pos, visible, vote, now):
   """
   protected = fixed_mask(policy, pos, visible, now)
   room = policy.budget - jnp.sum(protected, axis=-1, keepdims=True)
-  return protected | _lowest_ranks(visible & ~protected, -vote.astype(jnp.float32), room)
+  return protected | lowest_ranks(visible & ~protected, -vote.astype(jnp.float32), room)
 
 
 def fixed_mask(policy: Policy, pos, visible, now):

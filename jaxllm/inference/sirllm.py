@@ -57,6 +57,7 @@ from flax import nnx
 from jaxllm import attention as attn_api
 from jaxllm.attention.methods import dense
 from jaxllm.inference import cache as cache_lib
+from jaxllm.inference import policies
 from jaxllm.inference.policies import Policy
 from jaxllm.models import layers
 
@@ -151,9 +152,8 @@ def keep_slots(policy: Policy, entropy_BS, count, n_in: int):
   slot = jnp.arange(s)
   occupied = jnp.broadcast_to(slot < count, entropy_BS.shape)
   top = max(policy.token_entropy_size - n_in, 0) if policy.name == "sirllm" else 0
-  score = jnp.where(occupied, entropy_BS.astype(jnp.float32), -jnp.inf)
-  rank = jnp.argsort(jnp.argsort(-score, axis=-1, stable=True), axis=-1, stable=True)
-  keep = occupied & ((rank < top) | (slot < policy.sinks))
+  keep = (policies.lowest_ranks(occupied, -entropy_BS.astype(jnp.float32), top)
+          | (occupied & (slot < policy.sinks)))
   room = (policy.budget - n_in) - jnp.sum(keep, axis=-1, keepdims=True)
   other = occupied & ~keep
   newer = jnp.cumsum(other[..., ::-1], axis=-1)[..., ::-1]  # others at this slot or later
