@@ -1,22 +1,33 @@
 """HiP attention (Lee et al. 2024): hierarchical top-k key-block selection by tree search.
 
-Implemented from the paper and REFERENCE A (the public code is source-available only).
-Defaults are v1.1: mask_k 512 tokens, block_q 64, block_k 2, query stride 2, sink 16, window
-256, centre representative. Per query block:
+Follows the public v1.1 code (DeepAuto-AI/hip-attention, ``hip_attn/v1_1/
+attention2_draft_prefetch.py``, the ``hip_attention`` / ``masking_iteration_draft`` path; the code
+is source-available only, so this is written from reading it, not copied). Defaults are v1.1
+(``HiPAttentionArgs``): mask_k 512 tokens, block_q 64, block_k 2, query stride 2, sink 16, window
+256, centre representative, half branching. Per query block, with n = its last position + 1:
 
-* the search covers the key blocks between the sink and the window, as the public v1.1 code
-  does (``masking_iteration_draft``: blocks [ceil(sink / block_k), that + ceil((n - window -
-  sink) / block_k)), n = the block's last position + 1), tiled by m = mask_k / block_k groups,
-  group j = blocks [lo0 + floor(j c / m), lo0 + floor((j + 1) c / m)) for the c blocks there (the
-  public code also rounds group starts to a power-of-two step; not done here);
-* each round every group splits in two halves ([lo, mid), [mid, hi), mid = lo + size // 2); a
-  half is scored by its representative key block (the centre block lo + size // 2 of the half,
-  the public ``sample_method="center"``) as the max over the block's strided queries (rows 0,
-  stride, ...) and the block's keys of q.k, causal; the m best halves are kept (empty halves
-  never); rounds repeat until every group is one block, ceil(log2(ceil(nk / m))) rounds, so
-  selection costs O(T log T);
+* groups (``masking_iteration_draft_cuda_initialize``): the search covers the bsrc = ceil(max(n -
+  window - sink, 0) / block_k) key blocks after the ceil(sink / block_k) sink blocks. When bsrc
+  <= m = mask_k / block_k every one of them is selected without a search. Otherwise the m groups
+  start at block min(a_j // step * step, bsrc) (offset by the sink blocks), a_j = trunc(fp32(bsrc)
+  / fp32(m) * fp32(j)) computed in float32 as the kernel does, step = ceil(2^floor(log2 bsrc) / m)
+  (the power-of-two alignment), and group j ends where group j + 1 starts (the last ends at
+  bsrc rounded down to the step, so the blocks past it are not searched); groups may be empty;
+* each round (``masking_iteration_draft_cuda_dup_and_score``, ``branch_method="half"``) every
+  group splits into [lo, mid) and [mid, hi), mid = lo + size // 2; a half is scored by its centre
+  block lo + size // 2 (``sample_method="center"``) as the max of q.k over the block's keys and
+  the block's strided query rows (``..._calc_score``: rows stride - 1, 2 stride - 1, ... of the
+  block; a key counts for a row only if it lies at least ``window`` positions before it); the m
+  best halves are kept, a non-empty half always above an empty one (the sigmoid "probs" of
+  ``..._partial_softmax`` give empty groups -1); a query block runs ceil(log2(its largest initial
+  group)) rounds (the kernel halves that size until it is 1), so selection costs O(T log T);
 * the attended set is the selected blocks, the blocks holding the first ``sink`` keys and those
   touched by the block's last ``window`` keys (from its first query).
+
+Not followed: the kernel stores scores in bfloat16 and ranks sigmoid(score) rounded to bfloat16,
+so halves scoring above about 5.5 tie and its sort order decides among them; here scores rank in
+float32. The kernel also lets a repeated index of an emptied group attend its block twice; here
+the selection is a set.
 
 ``mask_k`` at least S makes it exact. The table's key blocks are ``block_k`` tokens, so the
 GPU kernel (tiles >= 16) needs ``block_k`` >= 16; the default runs on the gather path.
@@ -25,7 +36,6 @@ GPU kernel (tiles >= 16) needs ``block_k`` >= 16; the default runs on the gather
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +58,28 @@ def check_options(*, mask_k, block_q, block_k, stride, sink, window):
                      f"block_k={block_k}")
 
 
-def rounds_needed(nk: int, m: int) -> int:
-  size = C.num_blocks(nk, m)
-  return max(0, math.ceil(math.log2(size))) if size > 1 else 0
+def initial_groups(bsrc: int, m: int) -> np.ndarray:
+  """Group bounds [m + 1] over the bsrc searched blocks (from 0) and the rounds the search runs."""
+  j = np.arange(m + 1)
+  if bsrc <= m:  # every block selected directly: one-block groups, no search
+    return np.minimum(j, bsrc), 0
+  step = -(-(1 << (bsrc.bit_length() - 1)) // m)
+  a = (np.float32(bsrc) / np.float32(m) * j.astype(np.float32)).astype(np.int64)
+  bounds = np.minimum(a // step * step, bsrc)
+  largest = int(np.max(np.diff(bounds)))
+  return bounds, (largest - 1).bit_length()  # ceil(log2(largest)) halvings to reach 1
+
+
+def search_groups(t: int, s: int, *, mask_k: int, block_q: int, block_k: int, sink: int,
+                  window: int):
+  """Initial group starts and ends [nq, m] (key blocks) and rounds [nq] of each query block."""
+  m = mask_k // block_k
+  n = C.query_block_last(t, s, block_q) + 1
+  lo0 = C.num_blocks(sink, block_k)
+  bounds, rounds = zip(*(initial_groups(C.num_blocks(max(int(x) - window - sink, 0), block_k), m)
+                         for x in n))
+  bounds = np.stack(bounds) + lo0
+  return bounds[:, :-1], bounds[:, 1:], np.asarray(rounds)
 
 
 @functools.partial(jax.jit, static_argnames=("mask_k", "block_q", "block_k", "stride", "sink",
@@ -62,48 +91,45 @@ def tree_search(q, k, *, mask_k: int, block_q: int, block_k: int, stride: int, s
   s = k.shape[1]
   nq, nk = C.num_blocks(t, block_q), C.num_blocks(s, block_k)
   m = mask_k // block_k
-  last = C.query_block_last(t, s, block_q)  # [nq]
-  lo0 = C.num_blocks(sink, block_k)  # the search starts after the sink blocks
-  n_search = jnp.asarray(-(-np.maximum(last + 1 - window - sink, 0) // block_k))
-  # Strided query rows of each block; rows past T are dropped from the max.
-  rows = np.arange(nq)[:, None] * block_q + np.arange(0, block_q, stride)[None, :]
+  lo, hi, rounds = search_groups(t, s, mask_k=mask_k, block_q=block_q, block_k=block_k,
+                                 sink=sink, window=window)
+  # Strided query rows of each block, as the official kernel offsets them; rows past T are
+  # dropped from the max.
+  rows = (np.arange(nq)[:, None] * block_q + np.arange(0, block_q, stride)[None, :]
+          + min(t, stride) - 1)
   row_ok = jnp.asarray(rows < t)
   q_rows = q[:, np.minimum(rows, t - 1)].astype(jnp.float32)  # [B, nq, r, H, D]
   q_pos = jnp.asarray(rows + (s - t))
   kp = jnp.pad(k.astype(jnp.float32), ((0, 0), (0, nk * block_k - s), (0, 0), (0, 0)))
   k_blocks = jnp.transpose(C.expand_heads(kp, h).reshape(b, nk, block_k, h, d), (0, 3, 1, 2, 4))
-
-  j = jnp.arange(m)
-  lo = lo0 + (j[None, :] * n_search[:, None]) // m  # [nq, m]
-  hi = lo0 + ((j[None, :] + 1) * n_search[:, None]) // m
-  lo, hi = (jnp.broadcast_to(x, (b, h, nq, m)) for x in (lo, hi))
+  lo, hi = (jnp.broadcast_to(jnp.asarray(x), (b, h, nq, m)) for x in (lo, hi))
+  lowest = jnp.finfo(jnp.float32).min
 
   def score(rep, valid):
-    """Max over strided queries and the representative block's keys: [B, H, nq, c]."""
+    """Max over strided queries and the representative block's keys: [B, H, nq, c]; a
+    non-empty half never ranks below an empty one."""
     kb = k_blocks[jnp.arange(b)[:, None, None, None], jnp.arange(h)[None, :, None, None], rep]
     logit = jnp.einsum("bqrhd,bhqcxd->bhqcrx", q_rows, kb)
     k_pos = rep[..., None] * block_k + jnp.arange(block_k)  # [B, H, nq, c, bk]
-    ok = (k_pos[..., None, :] <= q_pos[None, None, :, None, :, None]) & (k_pos < s)[..., None, :]
-    ok &= row_ok[None, None, :, None, :, None]
-    best = jnp.max(jnp.where(ok, logit, -jnp.inf), axis=(-2, -1))
+    ok = (k_pos[..., None, :] <= q_pos[None, None, :, None, :, None] - window)
+    ok &= (k_pos < s)[..., None, :] & row_ok[None, None, :, None, :, None]
+    best = jnp.max(jnp.where(ok, logit, lowest), axis=(-2, -1))
     return jnp.where(valid, best, -jnp.inf)
 
-  for _ in range(rounds_needed(nk, m)):
+  for r in range(int(rounds.max(initial=0))):
     mid = lo + (hi - lo) // 2
     c_lo = jnp.concatenate([lo, mid], axis=-1)
     c_hi = jnp.concatenate([mid, hi], axis=-1)
-    valid = c_hi > c_lo
     rep = jnp.clip(c_lo + (c_hi - c_lo) // 2, 0, nk - 1)
-    _, best = jax.lax.top_k(score(rep, valid), m)
-    lo = jnp.take_along_axis(c_lo, best, axis=-1)
-    hi = jnp.take_along_axis(c_hi, best, axis=-1)
+    _, best = jax.lax.top_k(score(rep, c_hi > c_lo), m)
+    active = jnp.asarray(r < rounds)[:, None]  # each query block stops at its own round count
+    lo = jnp.where(active, jnp.take_along_axis(c_lo, best, axis=-1), lo)
+    hi = jnp.where(active, jnp.take_along_axis(c_hi, best, axis=-1), hi)
   chosen = jnp.where(hi > lo, lo, nk)  # every kept group is one block now
   mask = jnp.zeros((b, h, nq, nk + 1), bool)
   mask = mask.at[jnp.arange(b)[:, None, None, None], jnp.arange(h)[None, :, None, None],
                  jnp.arange(nq)[None, None, :, None], chosen].set(True)
   return mask[..., :nk]
-
-
 def select(q, k, *, mask_k=DEFAULTS["mask_k"], block_q=DEFAULTS["block_q"],
            block_k=DEFAULTS["block_k"], stride=DEFAULTS["stride"], sink=DEFAULTS["sink"],
            window=DEFAULTS["window"]):
