@@ -29,8 +29,11 @@ so halves scoring above about 5.5 tie and its sort order decides among them; her
 float32. The kernel also lets a repeated index of an emptied group attend its block twice; here
 the selection is a set.
 
-``mask_k`` at least S makes it exact. The table's key blocks are ``block_k`` tokens, so the
-GPU kernel (tiles >= 16) needs ``block_k`` >= 16; the default runs on the gather path.
+``mask_k`` at least S makes it exact. Execution: the 2-key blocks as a table would be hundreds
+of tiny tiles per query block, so the selection is laid out as a :class:`VerticalSlash` of the
+same keys: ``TILE_K``-key tiles wherever the sink and window part covers a whole tile (the
+op's causal mask does the rest), and every other selected key a column, gathered per query block
+and attended in one product; the two merge by log-sum-exp. The tiles fit the GPU kernel too.
 """
 
 from __future__ import annotations
@@ -42,9 +45,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxllm.attention.sparse import _common as C
+from pallas_kernels.block_sparse.masks import BlockTable, VerticalSlash
 
 METHOD = "hip"
 DEFAULTS = dict(mask_k=512, block_q=64, block_k=2, stride=2, sink=16, window=256)
+# Key tile of the executed layout: the tile size the gather path is fast at; not a HiP option.
+TILE_K = 64
 
 
 def check_options(*, mask_k, block_q, block_k, stride, sink, window):
@@ -86,7 +92,7 @@ def search_groups(t: int, s: int, *, mask_k: int, block_q: int, block_k: int, si
                                              "window"))
 def tree_search(q, k, *, mask_k: int, block_q: int, block_k: int, stride: int, sink: int = 0,
                 window: int = 0):
-  """Selected key blocks, bool [B, H, nq, nk]."""
+  """The searched block each of the m groups ends on, int32 [B, H, nq, m] (nk: none)."""
   b, t, h, d = q.shape
   s = k.shape[1]
   nq, nk = C.num_blocks(t, block_q), C.num_blocks(s, block_k)
@@ -125,23 +131,63 @@ def tree_search(q, k, *, mask_k: int, block_q: int, block_k: int, stride: int, s
     active = jnp.asarray(r < rounds)[:, None]  # each query block stops at its own round count
     lo = jnp.where(active, jnp.take_along_axis(c_lo, best, axis=-1), lo)
     hi = jnp.where(active, jnp.take_along_axis(c_hi, best, axis=-1), hi)
-  chosen = jnp.where(hi > lo, lo, nk)  # every kept group is one block now
-  mask = jnp.zeros((b, h, nq, nk + 1), bool)
-  mask = mask.at[jnp.arange(b)[:, None, None, None], jnp.arange(h)[None, :, None, None],
-                 jnp.arange(nq)[None, None, :, None], chosen].set(True)
-  return mask[..., :nk]
+  return jnp.where(hi > lo, lo, nk)  # every kept group is one block now; nk: none
+
+
+def fixed_layout(t: int, s: int, *, block_q: int, block_k: int, sink: int, window: int):
+  """The positional part, per query block (numpy): the sink and window blocks (bool [nq, nk]),
+  the ``TILE_K`` tiles whose visible keys are all in it (idx, cnt), and its other keys as
+  columns (idx, cnt); keys past the block's last position are left out (no row sees them)."""
+  nq, nk = C.num_blocks(t, block_q), C.num_blocks(s, block_k)
+  first = C.query_block_first(t, s, block_q)[:, None]
+  last = C.query_block_last(t, s, block_q)[:, None]
+  start = np.arange(nk)[None, :] * block_k
+  blocks = (start < sink) | ((start + block_k - 1 >= first - window + 1) & (window > 0))
+  blocks &= C.visible_blocks(t, s, block_q, block_k)
+  nt = C.num_blocks(s, TILE_K)
+  pos = np.arange(nt * TILE_K)[None, :]
+  keys = np.repeat(blocks, block_k, axis=1)[:, :nt * TILE_K]
+  keys = np.pad(keys, ((0, 0), (0, nt * TILE_K - keys.shape[1]))) & (pos <= last)
+  tiles = (keys | (pos > last)).reshape(nq, nt, TILE_K).all(-1)
+  tiles &= keys.reshape(nq, nt, TILE_K).any(-1)
+  cols = keys & ~np.repeat(tiles, TILE_K, axis=1)
+
+  def rows(mask):
+    cnt = mask.sum(-1)
+    idx = np.zeros((nq, max(1, int(cnt.max(initial=0)))), np.int32)
+    for i in range(nq):
+      idx[i, :cnt[i]] = np.flatnonzero(mask[i])
+    return idx, cnt.astype(np.int32)
+
+  return blocks, rows(tiles), rows(cols)
+
+
 def select(q, k, *, mask_k=DEFAULTS["mask_k"], block_q=DEFAULTS["block_q"],
            block_k=DEFAULTS["block_k"], stride=DEFAULTS["stride"], sink=DEFAULTS["sink"],
            window=DEFAULTS["window"]):
-  """HiP's blocks per query head: a :class:`BlockTable` of ``block_q`` x ``block_k``."""
+  """HiP's keys per query head as a :class:`VerticalSlash` of ``block_q`` x ``TILE_K`` tiles
+  plus key columns (the module doc says how the selected blocks map onto it)."""
   C.check_inputs(METHOD, q, k)
   check_options(mask_k=mask_k, block_q=block_q, block_k=block_k, stride=stride, sink=sink,
                 window=window)
-  t, s = q.shape[1], k.shape[1]
-  blocks = tree_search(q, k, mask_k=mask_k, block_q=block_q, block_k=block_k, stride=stride,
-                       sink=sink, window=window)
-  first = C.query_block_first(t, s, block_q)[:, None]
-  start = np.arange(C.num_blocks(s, block_k))[None, :] * block_k
-  fixed = (start < sink) | ((start + block_k - 1 >= first - window + 1) & (window > 0))
-  fixed &= C.visible_blocks(t, s, block_q, block_k)
-  return C.table_from_mask(blocks | jnp.asarray(fixed), block_q=block_q, block_k=block_k)
+  b, t, h = q.shape[:3]
+  s = k.shape[1]
+  nq, nk = C.num_blocks(t, block_q), C.num_blocks(s, block_k)
+  chosen = tree_search(q, k, mask_k=mask_k, block_q=block_q, block_k=block_k, stride=stride,
+                       sink=sink, window=window)  # [B, H, nq, m]
+  fixed, (tile_idx, tile_cnt), (col_idx, col_cnt) = fixed_layout(
+      t, s, block_q=block_q, block_k=block_k, sink=sink, window=window)
+  # A searched block inside the window is attended there already.
+  in_fixed = jnp.asarray(np.pad(fixed, ((0, 0), (0, 1)), constant_values=True))
+  dup = jnp.take_along_axis(in_fixed[None, None], chosen, axis=-1)
+  keys = (chosen[..., None] * block_k + np.arange(block_k)).reshape(chosen.shape[:3] + (-1,))
+  last = C.query_block_last(t, s, block_q)[:, None]
+  keys_ok = jnp.repeat(~dup, block_k, axis=-1) & (keys <= last)
+  fixed_ok = np.arange(col_idx.shape[1])[None, :] < col_cnt[:, None]
+  shape = (b, h, nq)
+  cols = jnp.concatenate([jnp.broadcast_to(col_idx, shape + col_idx.shape[1:]), keys], axis=-1)
+  ok = jnp.concatenate([jnp.broadcast_to(fixed_ok, shape + fixed_ok.shape[1:]), keys_ok], -1)
+  idx, cnt = C.compact(ok, cols, width=cols.shape[-1])
+  table = BlockTable(jnp.broadcast_to(jnp.asarray(tile_idx), shape + tile_idx.shape[1:]),
+                     jnp.broadcast_to(jnp.asarray(tile_cnt), shape), block_q, TILE_K)
+  return VerticalSlash(table, idx, cnt)

@@ -8,6 +8,7 @@ import pytest
 
 from jaxllm.attention import attention
 from jaxllm.attention.sparse import hip, select
+from pallas_kernels.block_sparse.masks import dense_mask
 from tests.attention.sparse import helpers as th
 
 OPTS = dict(mask_k=32, block_q=16, block_k=4, stride=2, sink=4, window=16)
@@ -74,6 +75,20 @@ def numpy_hip(q, k, *, mask_k, block_q, block_k, stride, sink, window):
   return out
 
 
+def causal_pairs(blocks, t, s, block_q, block_k):
+  """A NumPy block set [B, H, nq, nk] as the causal (query, key) pairs it attends."""
+  visible = np.arange(s)[None, :] <= (np.arange(t) + s - t)[:, None]
+  return th.expand(blocks, t, s, block_q, block_k) & visible
+
+
+def assert_same_pairs(sel, want, t, s, block_q, block_k):
+  """The layout's pairs (tiles and columns, under the causal mask) are the selected blocks'."""
+  got = np.asarray(dense_mask(sel, t, s, causal=True))
+  expected = causal_pairs(want, t, s, block_q, block_k)
+  diff = np.argwhere(got != expected)
+  assert diff.size == 0, f"{len(diff)} pairs differ, first {diff[:5].tolist()}"
+
+
 @pytest.mark.parametrize("shape", ["chunk", pytest.param("full", marks=pytest.mark.slow)])
 def test_selection_matches_numpy(shape):
   b, t, s, h, hkv = th.SHAPES[shape]
@@ -81,7 +96,7 @@ def test_selection_matches_numpy(shape):
   sel = select("hip", q, k, **OPTS)
   want = numpy_hip(q, k, **OPTS)
   assert 0 < want.sum() < np.prod(want.shape)
-  th.assert_same_positions(sel, th.expand(want, t, s, OPTS["block_q"], OPTS["block_k"]), t, s)
+  assert_same_pairs(sel, want, t, s, OPTS["block_q"], OPTS["block_k"])
 
 
 def test_selection_without_window_or_sinks():
@@ -92,7 +107,7 @@ def test_selection_without_window_or_sinks():
   sel = select("hip", q, k, **opts)
   # Exactly m blocks per query block once enough blocks are visible (top-k, no fixed part).
   assert np.all(want.sum(-1)[..., -1] == opts["mask_k"] // opts["block_k"])
-  th.assert_same_positions(sel, th.expand(want, t, s, opts["block_q"], opts["block_k"]), t, s)
+  assert_same_pairs(sel, want, t, s, opts["block_q"], opts["block_k"])
 
 
 def test_group_starts_are_power_of_two_aligned():
@@ -124,7 +139,40 @@ def test_alignment_changes_the_chosen_blocks():
   opts = dict(mask_k=2, block_q=1, block_k=1, stride=1, sink=0, window=0)
   want = numpy_hip(q, k, **opts)
   assert np.flatnonzero(want[0, 0, 0]).tolist() == [1, 5]
-  th.assert_same_positions(select("hip", q, k, **opts), th.expand(want, 1, 6, 1, 1), 1, 6)
+  assert_same_pairs(select("hip", q, k, **opts), want, 1, 6, 1, 1)
+
+
+@pytest.mark.parametrize("shape, dtype", [
+    ("chunk", jnp.float32), ("full", jnp.bfloat16),
+    pytest.param("full", jnp.float32, marks=pytest.mark.slow)])
+def test_output_is_attention_over_the_selected_pairs(shape, dtype):
+  """Tiles plus gathered columns compute softmax attention over exactly the selected pairs."""
+  b, t, s, h, hkv = th.SHAPES[shape]
+  q, k, v = th.inputs(th.SHAPES[shape], dtype=dtype)
+  opts = OPTS | dict(mask_k=16)  # sparse enough that columns and tiles both carry pairs
+  pairs = causal_pairs(numpy_hip(q, k, **opts), t, s, opts["block_q"], opts["block_k"])
+  assert 0.1 < pairs.sum() / np.tril(np.ones((t, s)), s - t).sum() / b / h < 0.9
+  qf, kf, vf = (np.repeat(th.np32(x), h // x.shape[2], axis=2) for x in (q, k, v))
+  logits = np.einsum("bthd,bshd->bhts", qf, kf) / np.sqrt(th.D)
+  ref = np.einsum("bhts,bshd->bthd", th.softmax(np.where(pairs, logits, -np.inf)), vf)
+  out = attention(q, k, v, method="hip", impl="xla", **opts)
+  assert out.dtype == dtype
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(th.np32(out), ref, atol=tol * max(1.0, np.abs(ref).max()))
+
+
+def test_default_layout_is_wide_tiles_plus_columns():
+  """At the v1.1 defaults the window rides on a few 64-key tiles and the searched keys are
+  columns: at most mask_k + sink per query block, not hundreds of 2-key tiles."""
+  t = s = 1280
+  q, k, _ = th.inputs((1, t, s, 2, 1))
+  sel = select("hip", q, k)
+  assert sel.table.block_k == hip.TILE_K == 64
+  assert int(sel.table.kv_cnt.max()) <= 6
+  assert int(sel.col_cnt.max()) <= hip.DEFAULTS["mask_k"] + hip.DEFAULTS["sink"]
+  # Far enough in, the search returns its m blocks; those within block_q keys of the window
+  # are attended by the window part.
+  assert int(sel.col_cnt[0, 0, -1]) >= hip.DEFAULTS["mask_k"] - hip.DEFAULTS["block_q"]
 
 
 @pytest.mark.parametrize("shape, dtype", [
