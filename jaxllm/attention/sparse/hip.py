@@ -26,8 +26,9 @@ is source-available only, so this is written from reading it, not copied). Defau
 
 Not followed: the kernel stores scores in bfloat16 and ranks sigmoid(score) rounded to bfloat16,
 so halves scoring above about 5.5 tie and its sort order decides among them; here scores rank in
-float32. The kernel also lets a repeated index of an emptied group attend its block twice; here
-the selection is a set.
+float32. The kernel also lets a repeated index of an emptied group attend its block twice (here
+the selection is a set), and skips the rounds of a last, partial query block whose strided rows
+see too few keys (here it is searched like the others).
 
 ``mask_k`` at least S makes it exact. Execution: the 2-key blocks as a table would be hundreds
 of tiny tiles per query block, so the selection is laid out as a :class:`VerticalSlash` of the
@@ -64,7 +65,7 @@ def check_options(*, mask_k, block_q, block_k, stride, sink, window):
                      f"block_k={block_k}")
 
 
-def initial_groups(bsrc: int, m: int) -> np.ndarray:
+def initial_groups(bsrc: int, m: int) -> tuple[np.ndarray, int]:
   """Group bounds [m + 1] over the bsrc searched blocks (from 0) and the rounds the search runs."""
   j = np.arange(m + 1)
   if bsrc <= m:  # every block selected directly: one-block groups, no search
