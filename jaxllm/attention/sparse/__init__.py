@@ -3,8 +3,9 @@
 ``select(method, q, k, **options)`` returns what the block-sparse op runs
 (``pallas_kernels.block_sparse.api.block_sparse_attention``):
 
-* ``flexprefill``, ``xattention``, ``hip``: a :class:`BlockTable` per (batch, query head,
-  query block);
+* ``flexprefill``, ``xattention``: a :class:`BlockTable` per (batch, query head, query block);
+* ``hip``: a :class:`VerticalSlash` of its selected keys (whole 64-key tiles of the sink and
+  window part, the other keys as columns);
 * ``minference``: a :class:`VerticalSlash` (blocks plus per-query-block key columns) when some
   head uses the vertical-slash pattern, else a :class:`BlockTable`;
 * ``squeezed``: a :class:`VerticalSlash` whose columns are the kept fixed-context keys (a dense
