@@ -167,8 +167,9 @@ def crossover(args):
     for t in args.lengths:
       q, k, v = _qkv(t, b, h, hk, d)
       fns = {}
-      for bq, kc in BLOCKED_CANDIDATES:
-        if bq <= max(t, 128) and kc <= max(t, 1024):
+      one_block = sizes_for(1, "blocked")  # the table's row for short T
+      for bq, kc in sorted(set(BLOCKED_CANDIDATES) | {one_block}):
+        if (bq, kc) == one_block or (bq < t and kc <= max(t, 1024)):
           fns[f"blocked {bq}x{kc}"] = jax.jit(
               lambda q, k, v, w=window, bq=bq, kc=kc: dense_lib.blocked(
                   q, k, v, window=w, block_q=bq, key_chunk=kc))
