@@ -10,21 +10,24 @@ reference, ``jax.nn.dot_product_attention``) are skipped above ``--reference_max
 float32 logits at 32k with 2 heads).
 
 Rows: ``dense`` through ``auto``, the reference (``xla``), the ``blocked`` path and the gather
-path over the causal table; ``jax.nn.dot_product_attention``; the window methods; a block-sparse
+path over the causal table (at the sizes ``CPU_PATHS`` gives them for T, or at its nearest row of
+their kind); ``jax.nn.dot_product_attention``; the window methods; a block-sparse
 table keeping a quarter of the causal blocks (its row gives the time against that density times
 the dense time); the linear family at the chunk size ``auto`` picks; every other registered
-method with its defaults, ``auto`` and ``xla``, up to ``--other_max_len``. ``pallas`` rows are left out: on CPU they run the
-Triton interpreter, a correctness tool, not a CPU path. A row is skipped (and says so) when the
+method with its defaults, ``auto`` and ``xla``, up to ``--other_max_len``. ``pallas`` rows are
+left out: on CPU they run the Triton interpreter, a correctness tool, not a CPU path. A row is skipped (and says so) when the
 time of its previous length, scaled by the pair count, predicts more than ``--row_budget_s``.
+Then decode steps: one query against caches of ``--decode_lengths`` keys, what ``auto`` runs for
+T = 1 next to the other exact paths, alternating.
 
-``--crossover`` instead times the exact dense candidates (reference, blocked, the gather path at
-blocks 64-512) alternately, causal and windowed: the measurement behind
-``jaxllm.attention.methods.sparse.CPU_PATHS``. ``--linear_chunks`` times the linear family's
+``--crossover`` instead times the exact dense candidates (reference, blocked at the
+``BLOCKED_CANDIDATES`` sizes, the gather path at blocks 64-256) alternately, causal and windowed:
+the measurement behind ``jaxllm.attention.methods.sparse.CPU_PATHS``. ``--linear_chunks`` times the linear family's
 chunked form at chunks 16 / 32 / 64, behind ``jaxllm.attention.methods.linear.CPU_CHUNKS``.
 
   python scripts/benchmarks/bench_cpu_attention.py                      # T = 1k, 4k, 16k, 32k
   python scripts/benchmarks/bench_cpu_attention.py --lengths 1024 4096 --out runs/cpu_attn.json
-  python scripts/benchmarks/bench_cpu_attention.py --crossover --lengths 256 512 1024 4096
+  python scripts/benchmarks/bench_cpu_attention.py --crossover --lengths 1024 2048 4096 8192
 """
 
 import argparse
@@ -44,6 +47,8 @@ from jaxllm.attention.methods import sparse as sparse_lib
 from jaxllm.attention.sparse import patterns
 from pallas_kernels.block_sparse import masks
 
+# (block_q, key_chunk) of the blocked path timed by --crossover.
+BLOCKED_CANDIDATES = ((128, 2048), (256, 1024), (256, 2048), (256, 4096), (512, 2048))
 SPARSE_DENSITY = 0.25  # share of the causal blocks the block-sparse row keeps
 # Methods timed through their own rows above, and those needing inputs beyond q, k, v.
 OWN_ROWS = ("dense", "sliding_window", "sink_window", "streaming", "block_sparse", "linear",
@@ -83,6 +88,13 @@ def sparse_table(t: int, block: int):
   return table, int(ok.sum())
 
 
+def sizes_for(t: int, kind: str):
+  """The sizes ``CPU_PATHS`` gives path ``kind`` at ``t`` (those of its nearest row of that kind
+  where the table runs the other path there)."""
+  rows = [(top, sizes) for top, path, sizes in sparse_lib.CPU_PATHS if path == kind]
+  return next((sizes for top, sizes in rows if top is None or t <= top), rows[-1][1])
+
+
 def _call(method, impl, opts):
   return jax.jit(lambda q, k, v: attention(q, k, v, method=method, impl=impl, causal=True,
                                            **opts))
@@ -92,7 +104,8 @@ def rows_for(t: int, args):
   """(label, impl, jitted fn, visible pairs or None, is a reference path)."""
   causal = t * (t + 1) // 2
   w, sinks = args.window, 4
-  gather_block = sparse_lib.cpu_path(t)[1] or sparse_lib.BLOCK_Q
+  gather_block = sizes_for(t, "gather")
+  blocked_sizes = sizes_for(t, "blocked")
   gather = jax.jit(lambda q, k, v: sparse_lib.banded(
       q, k, v, impl="xla", causal=True, block_q=gather_block, block_k=gather_block))
   gather_w = jax.jit(lambda q, k, v: sparse_lib.banded(
@@ -101,7 +114,9 @@ def rows_for(t: int, args):
   rows = [
       ("dense", "auto", _call("dense", "auto", {}), causal, False),
       ("dense", "xla", _call("dense", "xla", {}), causal, True),
-      ("dense blocked", "-", jax.jit(dense_lib.blocked), causal, False),
+      (f"dense blocked ({blocked_sizes[0]}x{blocked_sizes[1]})", "-", jax.jit(
+          lambda q, k, v: dense_lib.blocked(q, k, v, block_q=blocked_sizes[0],
+                                            key_chunk=blocked_sizes[1])), causal, False),
       (f"dense gather (block {gather_block})", "-", gather, causal, False),
       ("jax.nn.dot_product_attention", "xla", jax.jit(  # its XLA form forms [T, S] logits too
           lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=True)), causal, True),
@@ -118,8 +133,9 @@ def rows_for(t: int, args):
   rows += [
       ("dense window", "auto", _call("dense", "auto", {"window": w}), band_pairs(t, w), False),
       ("dense window", "xla", _call("dense", "xla", {"window": w}), band_pairs(t, w), True),
-      ("dense window blocked", "-", jax.jit(lambda q, k, v: dense_lib.blocked(q, k, v, window=w)),
-       band_pairs(t, w), False),
+      (f"dense window blocked ({blocked_sizes[0]}x{blocked_sizes[1]})", "-", jax.jit(
+          lambda q, k, v: dense_lib.blocked(q, k, v, window=w, block_q=blocked_sizes[0],
+                                            key_chunk=blocked_sizes[1])), band_pairs(t, w), False),
       (f"dense window gather (block {gather_block})", "-", gather_w, band_pairs(t, w), False),
   ]
   for name in ("linear", "lightning", "retention"):
@@ -150,11 +166,17 @@ def crossover(args):
   for window in (None, args.window):
     for t in args.lengths:
       q, k, v = _qkv(t, b, h, hk, d)
-      fns = {"blocked": jax.jit(lambda q, k, v, w=window: dense_lib.blocked(q, k, v, window=w))}
+      fns = {}
+      one_block = sizes_for(1, "blocked")  # the table's row for short T
+      for bq, kc in sorted(set(BLOCKED_CANDIDATES) | {one_block}):
+        if (bq, kc) == one_block or (bq < t and kc <= max(t, 1024)):
+          fns[f"blocked {bq}x{kc}"] = jax.jit(
+              lambda q, k, v, w=window, bq=bq, kc=kc: dense_lib.blocked(
+                  q, k, v, window=w, block_q=bq, key_chunk=kc))
       if t <= args.reference_max_len:
         fns["reference"] = jax.jit(lambda q, k, v, w=window: dense_lib.reference(q, k, v,
                                                                                  window=w))
-      for blk in (64, 128, 256, 512):
+      for blk in (64, 128, 256):  # 512 lost by 2.4-47x at every length measured
         if blk <= max(t, 64):
           fns[f"gather {blk}"] = jax.jit(lambda q, k, v, w=window, blk=blk: sparse_lib.banded(
               q, k, v, impl="xla", causal=True, window=w, block_q=blk, block_k=blk))
@@ -192,6 +214,38 @@ def linear_chunks(args):
   return out
 
 
+def decode(args):
+  """One query (the newest position) against caches of S keys: the exact paths alternately.
+
+  ``auto`` is what ``dense`` runs for T = 1 (the reference, one [1, S] softmax per head); the
+  others are the blocked path (one query block) and ``jax.nn.dot_product_attention`` (not causal:
+  the single query sits after every cached key). Reports seconds, the cache read rate (K and V
+  once, GB/s) and time / auto.
+  """
+  b, h, hk, d = args.batch, args.heads, args.kv_heads, args.head_dim
+  fns = {
+      "dense auto": _call("dense", "auto", {}),
+      "dense blocked": jax.jit(dense_lib.blocked),
+      "jax.nn.dot_product_attention": jax.jit(
+          lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=False)),
+  }
+  out = []
+  for s in args.decode_lengths:
+    q = _qkv(1, b, h, hk, d)[0]
+    _, k, v = _qkv(s, b, h, hk, d)
+    secs = {name: float("inf") for name in fns}
+    for _ in range(2):
+      for name, fn in fns.items():
+        secs[name] = min(secs[name], best_time(fn, q, k, v, repeats=args.repeats * 5))
+    kv_bytes = 2 * b * s * hk * d * 4
+    out.append(dict(S=s, seconds=secs, cache_gb_per_s={n: kv_bytes / x / 1e9
+                                                       for n, x in secs.items()}))
+    print(f"decode S={s:6d}: " + "  ".join(
+        f"{name} {x * 1e6:.0f} us ({kv_bytes / x / 1e9:.1f} GB/s, x{x / secs['dense auto']:.2f})"
+        for name, x in secs.items()), flush=True)
+  return out
+
+
 def _fail(message):
   print(message, file=sys.stderr)
   sys.exit(2)
@@ -215,6 +269,8 @@ def main():
   p.add_argument("--row_budget_s", type=float, default=20.0)
   p.add_argument("--other_max_len", type=int, default=4096,
                  help="longest T for the methods without their own rows")
+  p.add_argument("--decode_lengths", type=int, nargs="*", default=[1024, 4096, 16384, 32768],
+                 help="cache lengths S of the decode-step rows (none: skip them)")
   p.add_argument("--crossover", action="store_true")
   p.add_argument("--linear_chunks", action="store_true")
   p.add_argument("--out", default=os.path.join("runs", "bench_cpu_attention.json"))
@@ -222,6 +278,9 @@ def main():
   for field in ("batch", "heads", "kv_heads", "head_dim", "window", "repeats", "long_repeats"):
     if getattr(args, field) < 1:
       _fail(f"error: --{field} must be >= 1, got {getattr(args, field)}")
+  for field in ("lengths", "decode_lengths"):
+    if any(x < 1 for x in getattr(args, field)):
+      _fail(f"error: --{field} must all be >= 1, got {getattr(args, field)}")
   if args.heads % args.kv_heads:
     _fail(f"error: --heads={args.heads} must be a multiple of --kv_heads={args.kv_heads}")
 
@@ -237,6 +296,8 @@ def main():
     meta["linear_chunks"] = linear_chunks(args)
   else:
     meta["rows"], meta["matmul_gflops"] = measure(args, peak)
+    if args.decode_lengths:
+      meta["decode"] = decode(args)
   write(args.out, meta)
   print(f"wrote {args.out}")
 

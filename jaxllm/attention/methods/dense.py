@@ -99,9 +99,12 @@ def blocked(q, k, v, *, causal=True, scale=None, window=None, sinks=0, softcap=N
   sinks), so about half the reference's logits are never formed, only the diagonal tile (and a
   band's edge) is masked, and memory is O(block_q x S) per head instead of O(T x S). A block's
   G query heads per KV head are stacked into one [G x block_q, D] operand, so every product is a
-  plain matrix multiply, the layout XLA's CPU backend runs fastest; each block is one softmax
-  over its key spans (not an online one). Shapes are static, so compile time grows with the
-  number of blocks: at most 32. With ``segment_ids`` [B, S] (packed rows) every tile is masked,
+  plain matrix multiply, the layout XLA's CPU backend runs fastest; a block's softmax runs online
+  over key chunks of ``key_chunk`` (one chunk, an exact softmax, when its span fits). Blocks run
+  one after another: XLA's CPU executor would start independent blocks at once, each product
+  already multi-threaded, and their tiles then evict each other from the caches (3-4x slower at
+  T = 4k). Shapes are static, so compile time grows with the number of blocks: at most 32 by
+  default. With ``segment_ids`` [B, S] (packed rows) every tile is masked,
   since where documents start is data, not shape.
   """
   b, t, h, d = q.shape
@@ -111,6 +114,8 @@ def blocked(q, k, v, *, causal=True, scale=None, window=None, sinks=0, softcap=N
   if block_q is None:
     block_q = max(512, -(-t // 32))
   offset = s - t
+  # The scale folded into q once: one pass less over every unmasked logit tile (8% at 4k).
+  q = (q.astype(jnp.float32) * scale).astype(q.dtype)
   q_BKTGD = q.reshape(b, t, hkv, g, d).transpose(0, 2, 1, 3, 4)
   k_BKSD, v_BKSD = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
   outs = []
@@ -124,18 +129,22 @@ def blocked(q, k, v, *, causal=True, scale=None, window=None, sinks=0, softcap=N
       seg_args = (segment_ids[:, q_lo + offset:q_hi + offset], segment_ids)
     # Rematerialised under autodiff: a block's probabilities are recomputed, not stored.
     tile = jax.checkpoint(functools.partial(
-        _block, segs=segs, q_pos=np.arange(q_lo, q_hi) + offset, scale=scale, causal=causal,
+        _block, segs=segs, q_pos=np.arange(q_lo, q_hi) + offset, causal=causal,
         window=window, sinks=sinks, softcap=softcap, key_chunk=key_chunk))
-    outs.append(tile(q_BKTGD[:, :, q_lo:q_hi], k_BKSD, v_BKSD, *seg_args))
+    q_blk = q_BKTGD[:, :, q_lo:q_hi]
+    if outs:  # block i + 1 waits for block i (see the docstring)
+      outs[-1], q_blk = jax.lax.optimization_barrier((outs[-1], q_blk))
+    outs.append(tile(q_blk, k_BKSD, v_BKSD, *seg_args))
   o_BKTGD = jnp.concatenate(outs, axis=2)
   return o_BKTGD.transpose(0, 2, 1, 3, 4).reshape(b, t, h, d)
 
 
-def _block(q_BKTGD, k_BKSD, v_BKSD, q_seg_BT=None, k_seg_BS=None, *, segs, q_pos, scale, causal,
+def _block(q_BKTGD, k_BKSD, v_BKSD, q_seg_BT=None, k_seg_BS=None, *, segs, q_pos, causal,
            window, sinks, softcap, key_chunk):
-  """One query block against its key spans: an online softmax over key chunks, normalised after
-  P V. Chunks of ``key_chunk`` keys keep each logit tile cache-sized. ``q_seg_BT`` / ``k_seg_BS``:
-  the segment ids of the block's queries and of all keys (packed rows)."""
+  """One query block (q already scaled) against its key spans: an online softmax over key chunks,
+  normalised after P V. Chunks of ``key_chunk`` keys keep each logit tile cache-sized.
+  ``q_seg_BT`` / ``k_seg_BS``: the segment ids of the block's queries and of all keys (packed
+  rows)."""
   b, hk, t, g, d = q_BKTGD.shape
   q_BKMD = q_BKTGD.reshape(b, hk, t * g, d)
   rows = jnp.asarray(np.repeat(q_pos, g))  # query position of each stacked row
@@ -148,7 +157,7 @@ def _block(q_BKTGD, k_BKSD, v_BKSD, q_seg_BT=None, k_seg_BS=None, *, segs, q_pos
     for lo in range(seg_lo, seg_hi, key_chunk):
       hi = min(lo + key_chunk, seg_hi)
       x = jnp.einsum("bkmd,bksd->bkms", q_BKMD, k_BKSD[:, :, lo:hi],
-                     preferred_element_type=jnp.float32) * scale
+                     preferred_element_type=jnp.float32)
       if softcap is not None:
         x = softcap * jnp.tanh(x / softcap)
       if masked:

@@ -20,21 +20,22 @@ from pallas_kernels.block_sparse import api, masks
 BLOCK_Q = 128
 BLOCK_K = 128  # multiples of the TPU lane width serve the Mosaic kernel too
 
-# The fastest exact path on CPU by query length T, as (largest T, path, block size): "blocked"
-# is ``dense.blocked``, "gather" the gather path at that block size. Measured on the 2-core CPU
-# (B 1, H 2, K 1, D 64, float32, causal and window 1024 / 128) by timing the candidates
-# alternately in one run on a loaded machine; the numbers are in
+# The fastest exact path on CPU by query length T, as (largest T, path, sizes): "blocked" is
+# ``dense.blocked`` with sizes (block_q, key_chunk), "gather" the gather path with block size
+# ``sizes``. Measured on the 2-core CPU (B 1, H 2, K 1, D 64, float32, causal and window 1024)
+# by timing the candidates alternately in one run on a loaded machine; the numbers are in
 # ``scripts/benchmarks/notes/cpu_attention.md`` and ``bench_cpu_attention.py --crossover``
-# repeats the measurement:
-# blocked wins while one query block covers T (<= 512; the reference never won, by 1.0-1.3x at
-# T 16-64 and more above); the gather path at block 128 wins from there to 4k
-# (64 and 512 were 1.2-3x slower), block 256 from 8k.
-CPU_PATHS = ((512, "blocked", None), (4096, "gather", 128), (None, "gather", 256))
+# repeats the measurement: blocked while one query block covers T (<= 512); the gather path at
+# block 128 to 1k; blocked at 256 x 2048 (tiles of 512 stacked rows x 2048 keys, 4 MiB) at 2k-4k,
+# 1.2-1.4x faster there than the gather path at 128 or 256, causal and windowed; the gather path
+# at 256 from 8k, where blocked was 1.2-1.4x slower.
+CPU_PATHS = ((512, "blocked", (512, 1024)), (1024, "gather", 128), (4096, "blocked", (256, 2048)),
+             (None, "gather", 256))
 
 
 def cpu_path(t):
-  """(path, block size) of :data:`CPU_PATHS` for ``t`` queries."""
-  return next((path, block) for top, path, block in CPU_PATHS if top is None or t <= top)
+  """(path, sizes) of :data:`CPU_PATHS` for ``t`` queries."""
+  return next((path, sizes) for top, path, sizes in CPU_PATHS if top is None or t <= top)
 
 
 def run(q, k, v, mask, *, impl, causal, scale=None, window=None, sinks=0, softcap=None,
@@ -55,12 +56,13 @@ def banded(q, k, v, *, impl, causal, window=None, sinks=0, scale=None, softcap=N
   """
   t, s = q.shape[1], k.shape[1]
   if block_q is None and block_k is None and impl == "auto" and jax.default_backend() == "cpu":
-    path, block_q = cpu_path(t)
-    block_k = block_q
+    path, sizes = cpu_path(t)
     if path == "blocked":
       from jaxllm.attention.methods import dense  # pylint: disable=g-import-not-at-top
       return dense.blocked(q, k, v, causal=causal, scale=scale, window=window, sinks=sinks,
-                           softcap=softcap, segment_ids=segment_ids)
+                           softcap=softcap, segment_ids=segment_ids, block_q=sizes[0],
+                           key_chunk=sizes[1])
+    block_q = block_k = sizes
   block_q = BLOCK_Q if block_q is None else block_q
   block_k = BLOCK_K if block_k is None else block_k
   if window is None:
