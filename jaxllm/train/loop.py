@@ -215,24 +215,25 @@ def initial_params(params: dict, init_from: str) -> dict:
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
-def _train(config, workdir, task, total, ckpt_every, log_every, with_data, progress):
-  model = task.init_model(nnx.Rngs(config.seed))
-  graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)
-  params = params_state.to_pure_dict()
-  if config.train.get("init_from"):  # a run resuming from its own checkpoint overrides this below
-    params = initial_params(params, config.train.init_from)
-  opt = make_optimizer(config.optimizer, total)
-  gradient_free = config.optimizer.name in getattr(optim, "GRADIENT_FREE", frozenset())
-
-  def merge(p):
-    return nnx.merge(graphdef, nnx.State(p), rest)
-
-  state = {
+def initial_state(params: dict, opt: optax.GradientTransformation, seed: int) -> dict:
+  """The state ``train`` starts from: parameters, optimizer state, the run's RNG key (from
+  ``seed + 1``; ``seed`` itself initialises the model) and the update count."""
+  return {
       "params": params,
       "opt_state": opt.init(params),
-      "rng": jax.random.key_data(jax.random.key(config.seed + 1)),
+      "rng": jax.random.key_data(jax.random.key(seed + 1)),
       "step": jnp.zeros((), jnp.int32),
   }
+
+
+def make_train_step(task, opt: optax.GradientTransformation, merge, *,
+                    gradient_free: bool = False):
+  """The update ``train`` jits (with the state donated): ``(state, batch) -> (state, metrics)``.
+
+  ``merge(params)`` rebuilds the model from a pure parameter dict; ``task.loss(model, batch)``
+  returns ``(loss, metrics)``. A ``gradient_free`` optimizer gets zero gradients and its own
+  objective (``obj_fn``) instead. Metrics: the loss, the task's metrics and the gradient norm.
+  """
 
   def train_step(state, batch):
     def loss_fn(p):
@@ -259,6 +260,24 @@ def _train(config, workdir, task, total, ckpt_every, log_every, with_data, progr
     }
     metrics = {"loss": loss, **metrics, "grad_norm": optax.global_norm(grads)}
     return new, metrics
+
+  return train_step
+
+
+def _train(config, workdir, task, total, ckpt_every, log_every, with_data, progress):
+  model = task.init_model(nnx.Rngs(config.seed))
+  graphdef, params_state, rest = nnx.split(model, nnx.Param, ...)
+  params = params_state.to_pure_dict()
+  if config.train.get("init_from"):  # a run resuming from its own checkpoint overrides this below
+    params = initial_params(params, config.train.init_from)
+  opt = make_optimizer(config.optimizer, total)
+  gradient_free = config.optimizer.name in getattr(optim, "GRADIENT_FREE", frozenset())
+
+  def merge(p):
+    return nnx.merge(graphdef, nnx.State(p), rest)
+
+  state = initial_state(params, opt, config.seed)
+  train_step = make_train_step(task, opt, merge, gradient_free=gradient_free)
 
   plan = None
   if config.get("sharding") is not None:

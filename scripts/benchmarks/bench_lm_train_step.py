@@ -1,103 +1,140 @@
 """Train-step throughput of a GPT-2-small-shaped LM: jaxllm (JAX/Flax NNX) vs PyTorch's
-``transformers.GPT2LMHeadModel`` on the same machine, in one run.
+``transformers.GPT2LMHeadModel`` on the same machine, both sides alternating in one run.
 
-  python scripts/benchmarks/bench_lm_train_step.py                       # GPT-2 small, T=256, B=4
-  python scripts/benchmarks/bench_lm_train_step.py --layers=2 --steps=3  # quick look
+  python scripts/benchmarks/bench_lm_train_step.py --peer-python /path/to/torch/bin/python
+  python scripts/benchmarks/bench_lm_train_step.py --layers=2 --steps=3 --no_peer  # quick look
 
-Both sides: float32, AdamW, same shape (tied embeddings, learned positions, LayerNorm, GELU),
-no dropout, loss = next-token cross-entropy. Prints a table and writes JSON (--out).
-Needs the [bench] extra (torch, transformers) for the peer; without it only jaxllm is timed.
+Both sides: float32, AdamW (lr 3e-4, betas 0.9 / 0.95, weight decay 0.1), the same shape (tied
+embeddings, learned positions, LayerNorm, GELU), no dropout, loss = next-token cross-entropy over
+the same random tokens. jaxllm runs the training loop's own step (``jaxllm.train.loop``, state
+donated) on the LM task's loss (``jaxllm.train.lm_task.masked_lm_loss``). The peer runs in
+``--peer-python`` (``peer_lm_train_step_torch.py``: a Python with torch and transformers, e.g. a
+venv with ``pip install torch==2.13.0 transformers``); without it the peer runs in this
+interpreter if torch is importable. After ``--warmup`` untimed steps on each side, ``--rounds``
+rounds each time ``--steps`` steps of jaxllm and then ``--steps`` of the peer, so a load that
+drifts on a shared machine hits both; the medians of all timed steps are compared. Each side also
+reports its process CPU time per step (user + system, all threads) and CPU / wall, the cores it
+kept busy: on a loaded machine wall times mostly measure the load, CPU time the work. Prints a
+table and writes JSON (--out).
 """
 
 import argparse
 import json
 import os
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from jaxllm import optim  # noqa: E402
+from jaxllm.cli import fail  # noqa: E402
 from jaxllm.models.transformer import build, count_params  # noqa: E402
 from jaxllm.results import write_json  # noqa: E402
+from jaxllm.train import loop  # noqa: E402
+from jaxllm.train.lm_task import masked_lm_loss  # noqa: E402
+
+PEER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_lm_train_step_torch.py")
 
 
-def time_steps(step, n_warmup, n_steps):
-  for _ in range(n_warmup):
-    step()
-  times = []
-  for _ in range(n_steps):
-    t0 = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+class _Task:
+  """The benchmark's LM task for the loop's step: every target scored."""
+
+  def loss(self, model, batch):
+    return masked_lm_loss(model, batch)
 
 
-def bench_jax(args, tokens):
-  cfg = dict(style="gpt2", d_model=args.d_model, num_layers=args.layers, num_heads=args.heads,
-             vocab_size=args.vocab, max_len=args.seq_len, tie_embeddings=True,
-             attention="dense", attention_impl="auto")
-  model = build(cfg, rngs=nnx.Rngs(0))
-  n_params = count_params(model)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  params = params.to_pure_dict()
-  opt = optax.adamw(3e-4, b1=0.9, b2=0.95, weight_decay=0.1)
-  state = (params, opt.init(params))
-
-  @jax.jit
-  def step(state, tokens):
-    params, opt_state = state
-
-    def loss_fn(p):
-      logits = nnx.merge(graphdef, nnx.State(p), rest)(tokens[:, :-1])
-      return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = opt.update(grads, opt_state, params)
-    return (optax.apply_updates(params, updates), opt_state), loss
-
-  tok = jnp.asarray(tokens)
-  holder = {"s": state}
-
-  def one():
-    holder["s"], loss = step(holder["s"], tok)
-    loss.block_until_ready()
-
-  return time_steps(one, args.warmup, args.steps), n_params
+def _cpu_seconds():
+  r = resource.getrusage(resource.RUSAGE_SELF)
+  return r.ru_utime + r.ru_stime
 
 
-def bench_torch(args, tokens):
+class JaxSide:
+  """jaxllm's train step; ``run(n)`` returns the wall and CPU seconds of n steps."""
+
+  def __init__(self, args, tokens):
+    cfg = dict(style="gpt2", d_model=args.d_model, num_layers=args.layers, num_heads=args.heads,
+               vocab_size=args.vocab, max_len=args.seq_len, tie_embeddings=True,
+               attention="dense", attention_impl="auto")
+    model = build(cfg, rngs=nnx.Rngs(0))
+    self.params = count_params(model)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params = params.to_pure_dict()
+    opt = optim.make("adamw", 3e-4, b1=0.9, b2=0.95, weight_decay=0.1)
+
+    def merge(p):
+      return nnx.merge(graphdef, nnx.State(p), rest)
+
+    self.state = loop.initial_state(params, opt, 0)
+    self.batch = {"tokens": jnp.asarray(tokens, jnp.int32),
+                  "mask": jnp.ones((tokens.shape[0], tokens.shape[1] - 1), jnp.float32)}
+    # as loop.train jits it (the state donated, so the update writes in place), compiled here so
+    # that no timed or warm-up step includes the compilation
+    self.step = jax.jit(loop.make_train_step(_Task(), opt, merge), donate_argnums=0).lower(
+        self.state, self.batch).compile()
+    self.note = f"JAX {jax.__version__}"
+
+  def run(self, n):
+    seconds, cpu = [], []
+    for _ in range(n):
+      c0, t0 = _cpu_seconds(), time.perf_counter()
+      self.state, metrics = self.step(self.state, self.batch)
+      jax.block_until_ready((self.state, metrics))
+      seconds.append(time.perf_counter() - t0)
+      cpu.append(_cpu_seconds() - c0)
+    return seconds, cpu
+
+
+class PeerSide:
+  """The torch peer in its own interpreter (``peer_lm_train_step_torch.py``), driven over stdin."""
+
+  def __init__(self, args, tokens, python):
+    self._tmp = tempfile.TemporaryDirectory()
+    path = os.path.join(self._tmp.name, "tokens.npy")
+    np.save(path, tokens)
+    cmd = [python, PEER, "--tokens-file", path, "--layers", str(args.layers),
+           "--d_model", str(args.d_model), "--heads", str(args.heads), "--vocab", str(args.vocab)]
+    self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    ready = self._read()
+    self.params = ready["params"]
+    self.note = (f"torch {ready['torch']}, transformers {ready['transformers']}, "
+                 f"{ready['threads']} threads")
+
+  def _read(self):
+    line = self.proc.stdout.readline()
+    if not line:
+      fail(f"the peer ({PEER}) exited with status {self.proc.wait()}")
+    return json.loads(line)
+
+  def run(self, n):
+    self.proc.stdin.write(f"{n}\n")
+    self.proc.stdin.flush()
+    out = self._read()
+    return out["seconds"], out["cpu_seconds"]
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+    self._tmp.cleanup()
+
+
+def _peer(args, tokens):
+  if args.peer_python:
+    return PeerSide(args, tokens, args.peer_python), None
   try:
-    import torch
-    import transformers
+    import torch  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    import transformers  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   except ImportError:
-    return None, None, "torch/transformers not installed (pip install -e .[bench])"
-  torch.manual_seed(0)
-  torch.set_num_threads(os.cpu_count())
-  cfg = transformers.GPT2Config(
-      vocab_size=args.vocab, n_positions=args.seq_len, n_embd=args.d_model, n_layer=args.layers,
-      n_head=args.heads, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
-  model = transformers.GPT2LMHeadModel(cfg)
-  model.train()
-  n_params = sum(p.numel() for p in model.parameters())
-  opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
-  tok = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
-
-  def one():
-    opt.zero_grad(set_to_none=True)
-    out = model(input_ids=tok[:, :-1], labels=None)
-    loss = torch.nn.functional.cross_entropy(
-        out.logits.reshape(-1, args.vocab), tok[:, 1:].reshape(-1))
-    loss.backward()
-    opt.step()
-
-  return time_steps(one, args.warmup, args.steps), n_params, f"torch {torch.__version__}"
+    return None, "torch/transformers not importable here; pass --peer-python"
+  return PeerSide(args, tokens, sys.executable), None
 
 
 def main():
@@ -108,42 +145,67 @@ def main():
   p.add_argument("--vocab", type=int, default=50257)
   p.add_argument("--seq_len", type=int, default=256)
   p.add_argument("--batch", type=int, default=4)
-  p.add_argument("--warmup", type=int, default=2)
-  p.add_argument("--steps", type=int, default=5)
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps per side")
+  p.add_argument("--steps", type=int, default=2, help="timed steps per side and round")
+  p.add_argument("--rounds", type=int, default=3, help="alternations of the two sides")
+  p.add_argument("--peer-python", default=None,
+                 help="a Python with torch and transformers that runs the peer")
   p.add_argument("--no_peer", action="store_true", help="time jaxllm only")
   p.add_argument("--out", default=os.path.join("runs", "bench", "lm_train_step.json"))
   args = p.parse_args()
+  for name in ("layers", "d_model", "heads", "vocab", "seq_len", "batch", "steps", "rounds"):
+    if getattr(args, name) < 1:
+      fail(f"--{name}={getattr(args, name)} must be >= 1")
+  if args.warmup < 0:
+    fail(f"--warmup={args.warmup} must be >= 0")
   if args.d_model % args.heads:
-    raise SystemExit(f"error: --d_model={args.d_model} must be divisible by --heads={args.heads}")
+    fail(f"--d_model={args.d_model} must be divisible by --heads={args.heads}")
 
   tokens = np.random.default_rng(0).integers(0, args.vocab, (args.batch, args.seq_len + 1))
   n_tok = args.batch * args.seq_len
-  jax_s, jax_params = bench_jax(args, tokens)
-  if args.no_peer:
-    torch_s, torch_params, torch_note = None, None, "--no_peer"
-  else:
-    torch_s, torch_params, torch_note = bench_torch(args, tokens)
+  sides = {"jaxllm": JaxSide(args, tokens)}
+  peer_note = "--no_peer"
+  if not args.no_peer:
+    peer, peer_note = _peer(args, tokens)
+    if peer is not None:
+      sides["pytorch"] = peer
+  times = {name: ([], []) for name in sides}
+  try:
+    for side in sides.values():
+      side.run(args.warmup)
+    for _ in range(args.rounds):
+      for name, side in sides.items():
+        wall, cpu = side.run(args.steps)
+        times[name][0].extend(wall)
+        times[name][1].extend(cpu)
+  finally:
+    if "pytorch" in sides:
+      sides["pytorch"].close()
 
-  rows = [("jaxllm (JAX " + jax.__version__ + ")", jax_s, jax_params)]
-  if torch_s is not None:
-    rows.append((f"transformers GPT2LMHeadModel ({torch_note})", torch_s, torch_params))
   print(f"GPT-2-shaped train step: L={args.layers} d={args.d_model} H={args.heads} "
         f"V={args.vocab} T={args.seq_len} B={args.batch}, backend {jax.default_backend()}, "
-        f"{os.cpu_count()} CPU threads")
-  print(f"{'implementation':<55} {'params':>12} {'s/step':>9} {'tokens/s':>10}")
-  for name, s, n in rows:
-    print(f"{name:<55} {n:>12,d} {s:>9.3f} {n_tok / s:>10.1f}")
-  result = {"shape": vars(args), "tokens_per_step": n_tok, "backend": jax.default_backend(),
-            "jaxllm": {"seconds_per_step": jax_s, "tokens_per_second": n_tok / jax_s,
-                       "params": jax_params}}
-  if torch_s is not None:
-    ratio = torch_s / jax_s
-    print(f"ratio jaxllm / PyTorch tokens/s: {ratio:.2f}x")
-    result["pytorch"] = {"seconds_per_step": torch_s, "tokens_per_second": n_tok / torch_s,
-                         "params": torch_params, "version": torch_note}
+        f"{os.cpu_count()} CPUs; median of {args.rounds} x {args.steps} alternating steps")
+  print(f"{'implementation':<62} {'params':>12} {'s/step':>9} {'tokens/s':>10} "
+        f"{'CPU s/step':>11} {'CPU/wall':>9}")
+  result = {"shape": vars(args), "tokens_per_step": n_tok, "backend": jax.default_backend()}
+  for name, side in sides.items():
+    wall, cpu = times[name]
+    s, c = float(np.median(wall)), float(np.median(cpu))
+    busy = float(np.median(np.asarray(cpu) / np.asarray(wall)))
+    print(f"{name + ' (' + side.note + ')':<62} {side.params:>12,d} {s:>9.3f} {n_tok / s:>10.1f} "
+          f"{c:>11.3f} {busy:>9.2f}")
+    result[name] = {"seconds_per_step": s, "tokens_per_second": n_tok / s, "params": side.params,
+                    "cpu_seconds_per_step": c, "cpu_over_wall": busy, "step_seconds": wall,
+                    "step_cpu_seconds": cpu, "version": side.note}
+  if "pytorch" in sides:
+    ratio = result["pytorch"]["seconds_per_step"] / result["jaxllm"]["seconds_per_step"]
+    cpu_ratio = (result["pytorch"]["cpu_seconds_per_step"] /
+                 result["jaxllm"]["cpu_seconds_per_step"])
+    print(f"ratio jaxllm / PyTorch tokens/s: {ratio:.2f}x (CPU time per step: {cpu_ratio:.2f}x)")
     result["ratio_jaxllm_over_pytorch"] = ratio
+    result["cpu_ratio_jaxllm_over_pytorch"] = cpu_ratio
   else:
-    print(f"PyTorch peer skipped: {torch_note}")
+    print(f"PyTorch peer skipped: {peer_note}")
   write_json(args.out, result)
   print(f"wrote {args.out}")
 
