@@ -21,7 +21,7 @@ def backbone(**overrides) -> ml_collections.ConfigDict:
   """The decoder (``jaxllm.models.transformer.build`` fields) at Garg et al.'s scale."""
   model = dict(style="gpt2", d_model=256, num_layers=12, num_heads=8, num_kv_heads=None,
                max_len=128, attention="dense", attention_impl="auto", attention_options={},
-               dtype="float32")
+               dtype="float32", initializer_range=0.02)
   model.update(overrides)
   return ml_collections.ConfigDict(model)
 
@@ -52,7 +52,7 @@ def curriculum(dims_start: int = 5, dims_inc: int = 1, points_start: int = 11,
 # The smoke scale of the regression studies: a 3-layer width-64 decoder that trains in minutes on
 # 2 CPU cores, narrower and shallower than the paper's small model (width 128, 4+ layers); a higher
 # learning rate with warmup and a cosine decay makes up for fewer steps.
-SMOKE_MODEL = dict(d_model=64, num_layers=3, num_heads=2, max_len=64)
+SMOKE_MODEL = dict(d_model=64, num_layers=3, num_heads=2, max_len=64, initializer_range=0.02)
 SMOKE_OPTIMIZER = dict(learning_rate=1e-3, schedule="cosine", warmup_steps=200, grad_clip=1.0)
 
 

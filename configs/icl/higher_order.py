@@ -21,6 +21,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Same task, model and schedule as the linear-regression study at each scale (at smoke scale,
   # 2000 steps leave the model near the averaging regime; its 6000 are needed for the probes).
   c = linear_regression.get_config(arg)
+  if arg == "smoke":
+    linear_regression.smoke_k20(c)
   c.experiment = "icl.higher_order"
   c.task.condition_number = 1.0
   # Probes: least-squares read-outs fitted on probe_train_prompts, scored on num_prompts others.

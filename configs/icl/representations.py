@@ -22,6 +22,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   common.check_arg("configs/icl/representations.py", arg, ARGS)
   # The foundation study's model, optimiser and k-curriculum; Phi needs all d inputs from the start.
   c = linear_regression.get_config(arg)
+  if arg == "smoke":
+    linear_regression.smoke_k20(c)
   c.experiment = "icl.representations"
   # phi_depth counts weight matrices (ReLU between them); phi_seed fixes Phi for train and test.
   c.task.update(rep_dim=20, phi_hidden=20, phi_depth=2, phi_seed=1234, noise_std=0.1)

@@ -53,6 +53,9 @@ class TransformerConfig:
   rope_theta: float = 10000.0
   rope_scaling: tuple = ()  # sorted (name, value) pairs with a "type" in ROPE_SCALINGS; () none
   norm_eps: float = 1e-5
+  # Standard deviation of the normal weight init (transformers' GPT2Config.initializer_range);
+  # residual output projections use it / sqrt(2 num_layers), position embeddings half of it.
+  initializer_range: float = 0.02
   attention: str = "dense"
   attention_impl: str = "auto"
   attention_options: tuple = ()  # sorted (name, value) pairs, hashable
@@ -60,6 +63,8 @@ class TransformerConfig:
   param_dtype: str = "float32"
 
   def __post_init__(self):
+    if not self.initializer_range > 0:
+      raise ValueError(f"model.initializer_range must be > 0, got {self.initializer_range}")
     for f in ("d_model", "num_layers", "num_heads", "max_len"):
       if getattr(self, f) < 1:
         raise ValueError(f"model.{f} must be >= 1, got {getattr(self, f)}")

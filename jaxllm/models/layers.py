@@ -14,8 +14,15 @@ def dense_init(std: float):
   return nnx.initializers.normal(stddev=std)
 
 
-def linear(cfg: TransformerConfig, d_in: int, d_out: int, *, rngs, std: float = 0.02,
+def residual_std(cfg: TransformerConfig) -> float:
+  """GPT-2's init of the projections into the residual stream: initializer_range / sqrt(2 L)."""
+  return cfg.initializer_range / math.sqrt(2 * cfg.num_layers)
+
+
+def linear(cfg: TransformerConfig, d_in: int, d_out: int, *, rngs, std: float | None = None,
            use_bias: bool | None = None) -> nnx.Linear:
+  """A linear layer with normal(std) kernels; std defaults to ``cfg.initializer_range``."""
+  std = cfg.initializer_range if std is None else std
   return nnx.Linear(
       d_in, d_out, use_bias=cfg.use_bias if use_bias is None else use_bias,
       dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, kernel_init=dense_init(std),
@@ -79,7 +86,7 @@ class MLP(nnx.Module):
   def __init__(self, cfg: TransformerConfig, *, rngs: nnx.Rngs):
     self.kind = cfg.mlp
     f, d = cfg.hidden_dim, cfg.d_model
-    out_std = 0.02 / math.sqrt(2 * cfg.num_layers)  # GPT-2 residual-projection scaling
+    out_std = residual_std(cfg)
     if cfg.mlp == "swiglu":
       self.w_gate = linear(cfg, d, f, rngs=rngs)
       self.w_up = linear(cfg, d, f, rngs=rngs)
@@ -103,7 +110,7 @@ class Attention(nnx.Module):
     self.wq = linear(cfg, d, h * dh, rngs=rngs, use_bias=cfg.qkv_bias)
     self.wk = linear(cfg, d, hkv * dh, rngs=rngs, use_bias=cfg.qkv_bias)
     self.wv = linear(cfg, d, hkv * dh, rngs=rngs, use_bias=cfg.qkv_bias)
-    self.wo = linear(cfg, h * dh, d, rngs=rngs, std=0.02 / math.sqrt(2 * cfg.num_layers))
+    self.wo = linear(cfg, h * dh, d, rngs=rngs, std=residual_std(cfg))
     self.options = attention_options(cfg, layer_index)
 
   def qkv(self, x_BTD, positions_T):

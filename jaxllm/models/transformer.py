@@ -22,13 +22,13 @@ class Transformer(nnx.Module):
     if cfg.io == "tokens":
       self.tok_embed = nnx.Embed(cfg.vocab_size, d, dtype=cfg.compute_dtype,
                                  param_dtype=cfg.weight_dtype,
-                                 embedding_init=layers.dense_init(0.02), rngs=rngs)
+                                 embedding_init=layers.dense_init(cfg.initializer_range), rngs=rngs)
     else:
       self.read_in = layers.linear(cfg, cfg.input_dim, d, rngs=rngs, use_bias=True)
     if cfg.positions == "learned":
       self.pos_embed = nnx.Embed(cfg.max_len, d, dtype=cfg.compute_dtype,
                                  param_dtype=cfg.weight_dtype,
-                                 embedding_init=layers.dense_init(0.01), rngs=rngs)
+                                 embedding_init=layers.dense_init(cfg.initializer_range / 2), rngs=rngs)
     block_cls = BLOCK_CLASSES[cfg.block]
     self.blocks = nnx.List([block_cls(cfg, i, rngs=rngs) for i in range(cfg.num_layers)])
     self.final_norm = layers.norm(cfg, rngs=rngs)

@@ -13,7 +13,6 @@ The block keeps the decoder-block interface (``Block(cfg, layer_index, *, rngs)`
 ``block(x_BTD, positions_T)``) and adds ``init_state``/``step`` for O(1)-per-token decoding.
 """
 
-import math
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +60,7 @@ class TransNormerBlock(nnx.Module):
   def __init__(self, cfg: TransformerConfig, layer_index: int, *, rngs: nnx.Rngs):
     self.cfg = cfg
     h, hkv, dh, d = cfg.num_heads, cfg.kv_heads, cfg.dim_per_head, cfg.d_model
-    out_std = 0.02 / math.sqrt(2 * cfg.num_layers)
+    out_std = layers.residual_std(cfg)
     self.wq = layers.linear(cfg, d, h * dh, rngs=rngs)
     self.wk = layers.linear(cfg, d, hkv * dh, rngs=rngs)
     self.wv = layers.linear(cfg, d, hkv * dh, rngs=rngs)

@@ -65,10 +65,25 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
     (dict(attention="nope"), "unknown attention method 'nope'; valid methods"),
     (dict(dimension=3), "unknown model fields \\['dimension'\\]"),
     (dict(vocab_size=0), "vocab_size must be >= 1"),
+    (dict(initializer_range=0.0), "model.initializer_range must be > 0"),
 ])
 def test_bad_model_configs_raise(bad, match):
   with pytest.raises(ValueError, match=match):
     build(dict(SMALL, **bad), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("init", [0.02, 0.1])
+def test_initializer_range_sets_the_weight_scales(init):
+  # Wide layers so the sample standard deviations sit within 3% of their targets.
+  cfg = dict(SMALL, style="gpt2", d_model=256, num_layers=2, num_heads=4,
+             initializer_range=init)
+  model = build(cfg, rngs=nnx.Rngs(0))
+  attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+  residual = init / math.sqrt(2 * 2)
+  for w, want in ((attn.wq.kernel, init), (mlp.fc_in.kernel, init), (attn.wo.kernel, residual),
+                  (mlp.fc_out.kernel, residual), (model.tok_embed.embedding, init),
+                  (model.pos_embed.embedding, init / 2)):
+    np.testing.assert_allclose(float(jnp.std(w[...])), want, rtol=0.03)
 
 
 def test_sequence_longer_than_max_len_raises():
