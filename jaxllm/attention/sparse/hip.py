@@ -136,7 +136,7 @@ def tree_search(q, k, *, mask_k: int, block_q: int, block_k: int, stride: int, s
 
 
 def fixed_layout(t: int, s: int, *, block_q: int, block_k: int, sink: int, window: int):
-  """The positional part, per query block (numpy): the sink and window blocks (bool [nq, nk]),
+  """The positional part, per query block: the sink and window blocks (numpy bool [nq, nk]),
   the ``TILE_K`` tiles whose visible keys are all in it (idx, cnt), and its other keys as
   columns (idx, cnt); keys past the block's last position are left out (no row sees them)."""
   nq, nk = C.num_blocks(t, block_q), C.num_blocks(s, block_k)
@@ -153,12 +153,8 @@ def fixed_layout(t: int, s: int, *, block_q: int, block_k: int, sink: int, windo
   tiles &= keys.reshape(nq, nt, TILE_K).any(-1)
   cols = keys & ~np.repeat(tiles, TILE_K, axis=1)
 
-  def rows(mask):
-    cnt = mask.sum(-1)
-    idx = np.zeros((nq, max(1, int(cnt.max(initial=0)))), np.int32)
-    for i in range(nq):
-      idx[i, :cnt[i]] = np.flatnonzero(mask[i])
-    return idx, cnt.astype(np.int32)
+  def rows(mask):  # (idx, cnt) in the table convention
+    return C.compact(jnp.asarray(mask), jnp.arange(mask.shape[-1]))
 
   return blocks, rows(tiles), rows(cols)
 
@@ -184,11 +180,11 @@ def select(q, k, *, mask_k=DEFAULTS["mask_k"], block_q=DEFAULTS["block_q"],
   keys = (chosen[..., None] * block_k + np.arange(block_k)).reshape(chosen.shape[:3] + (-1,))
   last = C.query_block_last(t, s, block_q)[:, None]
   keys_ok = jnp.repeat(~dup, block_k, axis=-1) & (keys <= last)
-  fixed_ok = np.arange(col_idx.shape[1])[None, :] < col_cnt[:, None]
+  fixed_ok = jnp.arange(col_idx.shape[1])[None, :] < col_cnt[:, None]
   shape = (b, h, nq)
   cols = jnp.concatenate([jnp.broadcast_to(col_idx, shape + col_idx.shape[1:]), keys], axis=-1)
   ok = jnp.concatenate([jnp.broadcast_to(fixed_ok, shape + fixed_ok.shape[1:]), keys_ok], -1)
   idx, cnt = C.compact(ok, cols, width=cols.shape[-1])
-  table = BlockTable(jnp.broadcast_to(jnp.asarray(tile_idx), shape + tile_idx.shape[1:]),
-                     jnp.broadcast_to(jnp.asarray(tile_cnt), shape), block_q, TILE_K)
+  table = BlockTable(jnp.broadcast_to(tile_idx, shape + tile_idx.shape[1:]),
+                     jnp.broadcast_to(tile_cnt, shape), block_q, TILE_K)
   return VerticalSlash(table, idx, cnt)
