@@ -12,7 +12,11 @@ checkpoint from another config, non-finite loss), one line on stderr; 1 a failur
 SIGTERM / SIGINT stopped the run (after saving a checkpoint, if it was training).
 """
 
-import importlib
+if __name__ == "__main__":  # before jax loads: glibc reads its tunables at process start
+  from jaxllm import host
+  host.reexec_with_huge_pages()
+
+import importlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 import importlib.util
 import json
 import logging
