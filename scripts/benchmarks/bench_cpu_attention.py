@@ -1,6 +1,7 @@
 """CPU attention speed: every attention method and impl against the machine's matmul rate.
 
-For each length T every row times one jitted forward (best of ``--repeats`` after a warm-up) and
+For each length T every row times one jitted forward (best of ``--repeats`` after a warm-up, and
+of as many calls as fill half a second) and
 reports seconds, the rate in GFLOP/s of the FLOPs the method's mask keeps (4 x D x H per visible
 query-key pair: q k^T and p v; a causal dense row keeps T (T + 1) / 2 pairs, about the issue's
 2 T^2 D H) and the time relative to ``dense``/``auto``. The matmul rate of a 2048^3 float32
@@ -55,10 +56,16 @@ OWN_ROWS = ("dense", "sliding_window", "sink_window", "streaming", "block_sparse
             "lightning", "retention", "momentum")
 
 
-def best_time(fn, *args, repeats: int) -> float:
+MIN_SECONDS = 0.5  # each timing runs at least this long: millisecond rows take the best of many
+
+
+def best_time(fn, *args, repeats: int, min_seconds: float = MIN_SECONDS) -> float:
+  """The best of at least ``repeats`` calls after a warm-up, calling again until ``min_seconds``
+  have passed (so a 1 ms row is the best of hundreds, a 10 s row of ``repeats``)."""
   jax.block_until_ready(fn(*args))
   times = []
-  for _ in range(repeats):
+  start = time.perf_counter()
+  while len(times) < repeats or time.perf_counter() - start < min_seconds:
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))
     times.append(time.perf_counter() - t0)
