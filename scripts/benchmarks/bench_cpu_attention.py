@@ -37,7 +37,11 @@ import os
 import sys
 import time
 
-import jax
+from jaxllm import host
+
+host.reexec_with_huge_pages()  # before jax loads (jaxllm.host)
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 

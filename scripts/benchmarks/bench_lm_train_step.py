@@ -27,7 +27,11 @@ import sys
 import tempfile
 import time
 
-import jax
+from jaxllm import host
+
+host.reexec_with_huge_pages()  # before jax loads; the peer process inherits it too
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
