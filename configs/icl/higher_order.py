@@ -20,7 +20,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   common.check_arg("configs/icl/higher_order.py", arg, ARGS)
   # Same task, model and schedule as the linear-regression study at each scale (at smoke scale,
   # 2000 steps leave the model near the averaging regime; its 6000 are needed for the probes).
-  c = linear_regression.get_config(arg)
+  c = linear_regression.get_config()  # the paper scale; smoke_k20 shrinks it
   if arg == "smoke":
     linear_regression.smoke_k20(c)
   c.experiment = "icl.higher_order"

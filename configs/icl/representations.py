@@ -21,7 +21,7 @@ ARGS = (None, "smoke")
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   common.check_arg("configs/icl/representations.py", arg, ARGS)
   # The foundation study's model, optimiser and k-curriculum; Phi needs all d inputs from the start.
-  c = linear_regression.get_config(arg)
+  c = linear_regression.get_config()  # the paper scale; smoke_k20 shrinks it
   if arg == "smoke":
     linear_regression.smoke_k20(c)
   c.experiment = "icl.representations"

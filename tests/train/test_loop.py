@@ -64,6 +64,7 @@ def test_resume_after_interruption_reproduces_the_uninterrupted_run(tmp_path):
 def test_nan_guard_stops_with_a_clear_message(tmp_path):
   config = tiny_config(steps=30, checkpoint_every=0, lr=1e12)
   config.optimizer.update(name="sgd", grad_clip=None, warmup_steps=0, schedule="constant")
+  config.optimizer.hparams = {}  # the smoke recipe sets Adam's b2
   with pytest.raises(FloatingPointError, match="non-finite metrics .* at step .*learning_rate"):
     loop.train(config, str(tmp_path / "nan"), LinearRegressionTask(config), progress=False)
 
