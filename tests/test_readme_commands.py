@@ -14,3 +14,6 @@ def test_ci_runs_the_readmes_test_command():
   ci = subprocess.run(["bash", str(ROOT / ".ci" / "run"), "--print"], capture_output=True,
                       text=True, check=True)
   assert ci.stdout.strip() == block[1]
+  run_lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()
+               if line.strip() and not line.lstrip().startswith(("#", "echo"))]
+  assert block[1] in run_lines  # the command itself, not only its echo
