@@ -26,8 +26,8 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   cosine decays to zero. Measured one change at a time (error / d at k = d / 2d; single-thread
   runs, whose float sums differ from the two-thread default run's by about 0.002 at k = d):
   from 4 layers with a 512-wide MLP, 4500 steps, beta2 0.999 and a cosine to 0.1 of the peak
-  (0.115 / 0.010): beta2 0.99 0.113 / 0.010, no gradient clipping 0.116 / 0.012, 8 heads
-  0.134 / 0.017, 6 layers with a 256-wide MLP 0.107 / 0.017; at 6000 steps with beta2 0.99: the
+  (0.115 / 0.010): no gradient clipping 0.116 / 0.012, beta2 0.99 0.113 / 0.010, and with it
+  8 heads 0.134 / 0.017 or 6 layers with a 256-wide MLP 0.107 / 0.017; at 6000 steps with beta2 0.99: the
   cosine to 0.1 0.108 / 0.009, to zero 0.100 / 0.007, a linear decay to zero 0.113 / 0.007, the
   curriculum every 200 steps 0.110 / 0.008, beta2 0.95 0.102 / 0.007, and 5 layers with a
   384-wide MLP 0.098 / 0.006 (this recipe; 0.110 / 0.011 at 5000 steps, 0.127 / 0.013 there
