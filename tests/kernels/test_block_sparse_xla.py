@@ -26,7 +26,7 @@ def _loss(fn, w, u):
   return loss
 
 
-def _check(q, k, v, table, tol, pairs_per_step=xla.PAIRS_PER_STEP, **opts):
+def _check(q, k, v, table, tol, pairs_per_step=None, **opts):
   b, t, h, _ = q.shape
   w = jax.random.normal(jax.random.key(11), q.shape, jnp.float32)
   u = jax.random.normal(jax.random.key(12), (b, h, t), jnp.float32)
@@ -126,3 +126,19 @@ def test_result_does_not_depend_on_pairs_per_step():
   base = run(1)
   for c in (2, 9, 64, 1000):
     assert rel_err(run(c), base) < 1e-6
+
+
+def test_pairs_per_step_keeps_the_step_tile_constant():
+  assert [xla.pairs_per_step_for(b, b) for b in (64, 128, 256, 512, 1024)] == [128, 32, 8, 4, 4]
+  assert xla.pairs_per_step_for(128, 256) == 16
+  for b in (64, 128, 256):
+    assert xla.pairs_per_step_for(b, b) * b * b == xla.TILE_ELEMENTS
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_bad_pairs_per_step_is_refused(bad):
+  q, k, v = qkv(jax.random.key(3), 1, 16, 16, 2, 1, 8, jnp.float32, cotangent=False)
+  table = api._fit_table(_table(jax.random.key(4), 1, 2, 16, 16, 8, 8, 0.5), 1, 16, 16, 2, 1)
+  with pytest.raises(ValueError, match="pairs_per_step"):
+    xla.blocks_attention(q, k, v, table, causal=True, scale=0.25, window=None, sinks=0,
+                         softcap=None, pairs_per_step=bad)
