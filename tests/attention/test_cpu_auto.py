@@ -84,7 +84,8 @@ def test_blocked_row_with_packed_segments_is_exact():
     assert rel_err(g, g_want) < 1e-5
 
 
-# (T, S, options): T 520 takes the table's second row (the gather path), T 77 its first.
+# (T, S, options) on the real table: T 520 runs its first row over three query blocks (the last
+# partial), T 77 over one; the gather rows run at test sizes through SMALL_PATHS above.
 CASES = [(520, 520, dict(window=200, sinks=3)), (77, 90, dict(softcap=4.0)),
          pytest.param(520, 600, dict(), marks=pytest.mark.slow)]
 

@@ -23,14 +23,14 @@ BLOCK_K = 128  # multiples of the TPU lane width serve the Mosaic kernel too
 # The fastest exact path on CPU by query length T, as (largest T, path, sizes): "blocked" is
 # ``dense.blocked`` with sizes (block_q, key_chunk), "gather" the gather path with block size
 # ``sizes``. Measured on the 2-core CPU (B 1, H 2, K 1, D 64, float32, causal and window 1024)
-# by timing the candidates alternately in one run on a loaded machine; the numbers are in
-# ``scripts/benchmarks/notes/cpu_attention.md`` and ``bench_cpu_attention.py --crossover``
-# repeats the measurement: blocked while one query block covers T (<= 512); the gather path at
-# block 128 to 1k; blocked at 256 x 2048 (tiles of 512 stacked rows x 2048 keys, 4 MiB) at 2k-4k,
-# 1.2-1.4x faster there than the gather path at 128 or 256, causal and windowed; the gather path
-# at 256 from 8k, where blocked was 1.2-1.4x slower.
-CPU_PATHS = ((512, "blocked", (512, 1024)), (1024, "gather", 128), (4096, "blocked", (256, 2048)),
-             (None, "gather", 256))
+# by timing the candidates alternately in one run (``bench_cpu_attention.py --crossover``; the
+# numbers are in ``scripts/benchmarks/notes/cpu_attention.md``): blocked at 256 x 1024 to 1k
+# (query blocks of 256, each one exact softmax over its keys), 1.1-1.2x faster than one block of
+# 512 and 1.3-1.4x faster than the gather path at 128 or 256, causal and windowed; blocked at
+# 256 x 2048 (tiles of 512 stacked rows x 2048 keys, 4 MiB) at 2k-4k, within 1.1x of the best
+# there; the gather path at 256 from 8k, within 1.15x of blocked at 16k-32k in either direction
+# between runs and compiling in seconds where blocked's unrolled query blocks take tens.
+CPU_PATHS = ((1024, "blocked", (256, 1024)), (4096, "blocked", (256, 2048)), (None, "gather", 256))
 
 
 def cpu_path(t):
