@@ -1,7 +1,8 @@
 """CPU attention speed: every attention method and impl against the machine's matmul rate.
 
 For each length T every row times one jitted forward (best of ``--repeats`` after a warm-up, and
-of as many calls as fill half a second) and
+of as many calls as fill half a second; the rows of a length are timed ``--rounds`` times in turn
+and keep their best, so a burst of load on a shared machine does not land on one row only) and
 reports seconds, the rate in GFLOP/s of the FLOPs the method's mask keeps (4 x D x H per visible
 query-key pair: q k^T and p v; a causal dense row keeps T (T + 1) / 2 pairs, about the issue's
 2 T^2 D H) and the time relative to ``dense``/``auto``. The matmul rate of a 2048^3 float32
@@ -13,8 +14,8 @@ float32 logits at 32k with 2 heads).
 Rows: ``dense`` through ``auto``, the reference (``xla``), the ``blocked`` path and the gather
 path over the causal table (at the sizes ``CPU_PATHS`` gives them for T, or at its nearest row of
 their kind); ``jax.nn.dot_product_attention``; the window methods; a block-sparse
-table keeping a quarter of the causal blocks (its row gives the time against that density times
-the dense time); the linear family at the chunk size ``auto`` picks; every other registered
+table at the sparse methods' block size (128) keeping a quarter of the causal blocks (its row
+gives the time against that density times the dense time); the linear family at the chunk size ``auto`` picks; every other registered
 method with its defaults, ``auto`` and ``xla``, up to ``--other_max_len``. ``pallas`` rows are
 left out: on CPU they run the Triton interpreter, a correctness tool, not a CPU path. A row is skipped (and says so) when the
 time of its previous length, scaled by the pair count, predicts more than ``--row_budget_s``.
@@ -121,7 +122,7 @@ def rows_for(t: int, args):
       q, k, v, impl="xla", causal=True, block_q=gather_block, block_k=gather_block))
   gather_w = jax.jit(lambda q, k, v: sparse_lib.banded(
       q, k, v, impl="xla", causal=True, window=w, block_q=gather_block, block_k=gather_block))
-  table, sparse_pairs = sparse_table(t, gather_block)
+  table, sparse_pairs = sparse_table(t, sparse_lib.BLOCK_Q)  # the block size the methods use
   rows = [
       ("dense", "auto", _call("dense", "auto", {}), causal, False),
       ("dense", "xla", _call("dense", "xla", {}), causal, True),
@@ -193,7 +194,7 @@ def crossover(args):
               q, k, v, impl="xla", causal=True, window=w, block_q=blk, block_k=blk))
       fns["auto"] = jax.jit(lambda q, k, v, w=window: dense_lib.dense(q, k, v, window=w))
       secs = {name: float("inf") for name in fns}
-      for _ in range(2):  # alternate, so load changes hit every candidate alike
+      for _ in range(args.rounds):  # alternate, so load changes hit every candidate alike
         for name, fn in fns.items():
           secs[name] = min(secs[name], best_time(fn, q, k, v, repeats=args.repeats))
       best = min(s for name, s in secs.items() if name != "auto")
@@ -213,7 +214,7 @@ def linear_chunks(args):
                        ("momentum", {"eta": 0.9})):
       fns = {c: _call(name, "xla", dict(opts, chunk_size=c)) for c in (16, 32, 64) if c <= t}
       secs = {c: float("inf") for c in fns}
-      for _ in range(2):
+      for _ in range(args.rounds):
         for c, fn in fns.items():
           secs[c] = min(secs[c], best_time(fn, q, k, v, repeats=args.repeats))
       best = min(secs.values())
@@ -245,7 +246,7 @@ def decode(args):
     q = _qkv(1, b, h, hk, d)[0]
     _, k, v = _qkv(s, b, h, hk, d)
     secs = {name: float("inf") for name in fns}
-    for _ in range(2):
+    for _ in range(max(2, args.rounds)):
       for name, fn in fns.items():
         secs[name] = min(secs[name], best_time(fn, q, k, v, repeats=args.repeats * 5))
     kv_bytes = 2 * b * s * hk * d * 4
@@ -276,6 +277,8 @@ def main():
   p.add_argument("--window", type=int, default=1024)
   p.add_argument("--repeats", type=int, default=3)
   p.add_argument("--long_repeats", type=int, default=1, help="repeats from T = 16k on")
+  p.add_argument("--rounds", type=int, default=2,
+                 help="times every row of a length is timed, the rows alternating; best kept")
   p.add_argument("--reference_max_len", type=int, default=8192)
   p.add_argument("--row_budget_s", type=float, default=20.0)
   p.add_argument("--other_max_len", type=int, default=4096,
@@ -286,7 +289,8 @@ def main():
   p.add_argument("--linear_chunks", action="store_true")
   p.add_argument("--out", default=os.path.join("runs", "bench_cpu_attention.json"))
   args = p.parse_args()
-  for field in ("batch", "heads", "kv_heads", "head_dim", "window", "repeats", "long_repeats"):
+  for field in ("batch", "heads", "kv_heads", "head_dim", "window", "repeats", "long_repeats",
+                "rounds"):
     if getattr(args, field) < 1:
       _fail(f"error: --{field} must be >= 1, got {getattr(args, field)}")
   for field in ("lengths", "decode_lengths"):
@@ -331,38 +335,48 @@ def measure(args, peak):
     peak = max(peak, matmul_gflops(args.repeats))
     q, k, v = _qkv(t, b, h, hk, d)
     repeats = args.repeats if t < 16384 else args.long_repeats
-    base = None
+    timed = []  # (row, fn, pairs): every row is timed once per round, rounds alternating
     for label, impl, fn, pairs, is_ref in rows_for(t, args):
       row = dict(T=t, method=label, impl=impl)
       prev = last.get((label.split(" (")[0], impl))
       predicted = None if prev is None else prev[1] * (t / prev[0]) ** 2
       if is_ref and t > args.reference_max_len:
         row["skipped"] = f"[T, S] logits above T={args.reference_max_len}"
-      elif predicted is not None and predicted * (repeats + 1) > args.row_budget_s:
+      elif predicted is not None and predicted * (repeats + 1) * args.rounds > args.row_budget_s:
         row["skipped"] = f"predicted {predicted:.0f} s a call from T={prev[0]}"
+      results.append(row)
       if "skipped" in row:
-        results.append(row)
         print(f"T={t:6d} {label:34s} {impl:5s} skipped: {row['skipped']}", flush=True)
+      else:
+        timed.append((row, fn, pairs))
+    for _ in range(args.rounds):
+      for row, fn, _ in timed:
+        if "error" in row:
+          continue
+        try:
+          secs = best_time(fn, q, k, v, repeats=repeats)
+        except Exception as e:  # pylint: disable=broad-except
+          row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+          print(f"T={t:6d} {row['method']:34s} {row['impl']:5s} error: {row['error']}",
+                flush=True)
+          continue
+        row["seconds"] = min(secs, row.get("seconds", secs))
+    base = next((r["seconds"] for r, _, _ in timed
+                 if r["method"] == "dense" and r["impl"] == "auto" and "seconds" in r), None)
+    for row, _, pairs in timed:
+      if "seconds" not in row:
         continue
-      try:
-        secs = best_time(fn, q, k, v, repeats=repeats)
-      except Exception as e:  # pylint: disable=broad-except
-        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-        results.append(row)
-        print(f"T={t:6d} {label:34s} {impl:5s} error: {row['error']}", flush=True)
-        continue
+      label, impl, secs = row["method"], row["impl"], row["seconds"]
       last[(label.split(" (")[0], impl)] = (t, secs)
-      row["seconds"] = secs
       if pairs is not None:
         row["gflops"] = 4 * d * h * b * pairs / secs / 1e9
         row["share_of_matmul"] = row["gflops"] / peak
         row["density_vs_causal"] = pairs / (t * (t + 1) // 2)
-      if label == "dense" and impl == "auto":
-        base = secs
+      if base is None:
+        continue
       row["time_vs_dense_auto"] = secs / base
       if label.startswith("block_sparse"):
         row["time_vs_density_x_dense"] = secs / (row["density_vs_causal"] * base)
-      results.append(row)
       print(f"T={t:6d} {label:34s} {impl:5s} {secs:9.4f}s "
             f"{_fmt(row.get('gflops'), '8.1f'):>8s} GFLOP/s "
             f"({_fmt(row.get('share_of_matmul'), '.0%')} of matmul) "
@@ -384,7 +398,7 @@ def measure(args, peak):
     extra = ("" if "time_vs_density_x_dense" not in r
              else f" ({r['time_vs_density_x_dense']:.2f} x d x dense)")
     print(f"| {r['T']} | {r['method']} | {r['impl']} | {r['seconds']:.4f} | {_fmt(g, '.1f')} | "
-          f"{_fmt(r.get('share_of_matmul'), '.0%')} | {r['time_vs_dense_auto']:.2f}{extra} |")
+          f"{_fmt(r.get('share_of_matmul'), '.0%')} | {r.get('time_vs_dense_auto', float('nan')):.2f}{extra} |")
   return results, peak
 
 
