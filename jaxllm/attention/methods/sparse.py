@@ -28,8 +28,9 @@ BLOCK_K = 128  # multiples of the TPU lane width serve the Mosaic kernel too
 # (query blocks of 256, each one exact softmax over its keys), 1.1-1.2x faster than one block of
 # 512 and 1.3-1.4x faster than the gather path at 128 or 256, causal and windowed; blocked at
 # 256 x 2048 (tiles of 512 stacked rows x 2048 keys, 4 MiB) at 2k-4k, within 1.1x of the best
-# there; the gather path at 256 from 8k, within 1.15x of blocked at 16k-32k in either direction
-# between runs and compiling in seconds where blocked's unrolled query blocks take tens.
+# there; the gather path at 256 from 8k: 0-23% behind blocked 256 x 2048 at 8k-32k (runs
+# differ), but compiling in 1-2 s where blocked's unrolled query blocks take 10-32 s forward and
+# 24-119 s with the gradient at 16k-32k.
 CPU_PATHS = ((1024, "blocked", (256, 1024)), (4096, "blocked", (256, 2048)), (None, "gather", 256))
 
 
