@@ -77,6 +77,24 @@ def best_time(fn, *args, repeats: int, min_seconds: float = MIN_SECONDS) -> floa
   return min(times)
 
 
+def alternate(fns, args, *, rounds: int, repeats: int, errors=None) -> dict:
+  """Best time of every function of ``fns`` over ``rounds`` rounds that call them in turn, so a
+  change of load hits every candidate alike. With ``errors`` (a dict), a function that raises is
+  recorded there by name and dropped instead of stopping the run."""
+  secs = {name: float("inf") for name in fns}
+  for _ in range(rounds):
+    for name, fn in fns.items():
+      if errors is not None and name in errors:
+        continue
+      try:
+        secs[name] = min(secs[name], best_time(fn, *args, repeats=repeats))
+      except Exception as e:  # pylint: disable=broad-except
+        if errors is None:
+          raise
+        errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+  return {name: x for name, x in secs.items() if errors is None or name not in errors}
+
+
 def matmul_gflops(repeats: int) -> float:
   a = jax.random.normal(jax.random.key(0), (2048, 2048), jnp.float32)
   f = jax.jit(lambda x: x @ x)
@@ -193,10 +211,7 @@ def crossover(args):
           fns[f"gather {blk}"] = jax.jit(lambda q, k, v, w=window, blk=blk: sparse_lib.banded(
               q, k, v, impl="xla", causal=True, window=w, block_q=blk, block_k=blk))
       fns["auto"] = jax.jit(lambda q, k, v, w=window: dense_lib.dense(q, k, v, window=w))
-      secs = {name: float("inf") for name in fns}
-      for _ in range(args.rounds):  # alternate, so load changes hit every candidate alike
-        for name, fn in fns.items():
-          secs[name] = min(secs[name], best_time(fn, q, k, v, repeats=args.repeats))
+      secs = alternate(fns, (q, k, v), rounds=args.rounds, repeats=args.repeats)
       best = min(s for name, s in secs.items() if name != "auto")
       out.append(dict(T=t, window=window, seconds=secs))
       print(f"T={t:6d} window={window}: " + "  ".join(
@@ -213,10 +228,7 @@ def linear_chunks(args):
     for name, opts in (("linear", {}), ("lightning", {}), ("retention", {}),
                        ("momentum", {"eta": 0.9})):
       fns = {c: _call(name, "xla", dict(opts, chunk_size=c)) for c in (16, 32, 64) if c <= t}
-      secs = {c: float("inf") for c in fns}
-      for _ in range(args.rounds):
-        for c, fn in fns.items():
-          secs[c] = min(secs[c], best_time(fn, q, k, v, repeats=args.repeats))
+      secs = alternate(fns, (q, k, v), rounds=args.rounds, repeats=args.repeats)
       best = min(secs.values())
       out.append(dict(T=t, method=name, seconds={str(c): x for c, x in secs.items()},
                       chosen=linear_lib.chunk_size_for(t, name)))
@@ -245,10 +257,7 @@ def decode(args):
   for s in args.decode_lengths:
     q = _qkv(1, b, h, hk, d)[0]
     _, k, v = _qkv(s, b, h, hk, d)
-    secs = {name: float("inf") for name in fns}
-    for _ in range(max(2, args.rounds)):
-      for name, fn in fns.items():
-        secs[name] = min(secs[name], best_time(fn, q, k, v, repeats=args.repeats * 5))
+    secs = alternate(fns, (q, k, v), rounds=max(2, args.rounds), repeats=args.repeats * 5)
     kv_bytes = 2 * b * s * hk * d * 4
     out.append(dict(S=s, seconds=secs, cache_gb_per_s={n: kv_bytes / x / 1e9
                                                        for n, x in secs.items()}))
@@ -349,18 +358,15 @@ def measure(args, peak):
         print(f"T={t:6d} {label:34s} {impl:5s} skipped: {row['skipped']}", flush=True)
       else:
         timed.append((row, fn, pairs))
-    for _ in range(args.rounds):
-      for row, fn, _ in timed:
-        if "error" in row:
-          continue
-        try:
-          secs = best_time(fn, q, k, v, repeats=repeats)
-        except Exception as e:  # pylint: disable=broad-except
-          row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-          print(f"T={t:6d} {row['method']:34s} {row['impl']:5s} error: {row['error']}",
-                flush=True)
-          continue
-        row["seconds"] = min(secs, row.get("seconds", secs))
+    fns = {i: fn for i, (_, fn, _) in enumerate(timed)}
+    errors = {}
+    secs = alternate(fns, (q, k, v), rounds=args.rounds, repeats=repeats, errors=errors)
+    for i, (row, _, _) in enumerate(timed):
+      if i in errors:
+        row["error"] = errors[i]
+        print(f"T={t:6d} {row['method']:34s} {row['impl']:5s} error: {row['error']}", flush=True)
+      else:
+        row["seconds"] = secs[i]
     base = next((r["seconds"] for r, _, _ in timed
                  if r["method"] == "dense" and r["impl"] == "auto" and "seconds" in r), None)
     for row, _, pairs in timed:
