@@ -25,11 +25,11 @@ BLOCK_K = 128  # multiples of the TPU lane width serve the Mosaic kernel too
 # ``sizes``. Measured on the 2-core CPU (B 1, H 2, K 1, D 64, float32, causal and window 1024)
 # by timing the candidates alternately in one run (``bench_cpu_attention.py --crossover``; the
 # numbers are in ``scripts/benchmarks/notes/cpu_attention.md``): blocked at 256 x 1024 to 1k
-# (query blocks of 256, each one exact softmax over its keys), 1.1-1.2x faster than one block of
-# 512 and 1.3-1.4x faster than the gather path at 128 or 256, causal and windowed; blocked at
+# (query blocks of 256, each one exact softmax over its keys), 1.07-1.21x faster than one block
+# of 512 and 1.2-1.4x faster than the gather path at 128 or 256, causal and windowed; blocked at
 # 256 x 2048 (tiles of 512 stacked rows x 2048 keys, 4 MiB) at 2k-4k, within 1.1x of the best
-# there; the gather path at 256 from 8k: 0-23% behind blocked 256 x 2048 at 8k-32k (runs
-# differ), but compiling in 1-2 s where blocked's unrolled query blocks take 10-32 s forward and
+# there; the gather path at 256 from 8k: from 15% ahead of blocked 256 x 2048 to 30% behind
+# it at 8k-32k across runs, but compiling in 1-2 s where blocked's unrolled query blocks take 10-32 s forward and
 # 24-119 s with the gradient at 16k-32k.
 CPU_PATHS = ((1024, "blocked", (256, 1024)), (4096, "blocked", (256, 2048)), (None, "gather", 256))
 
