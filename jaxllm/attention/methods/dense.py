@@ -139,6 +139,20 @@ def blocked(q, k, v, *, causal=True, scale=None, window=None, sinks=0, softcap=N
   return o_BKTGD.transpose(0, 2, 1, 3, 4).reshape(b, t, h, d)
 
 
+def online_softmax_step(x, v, acc, m, denom):
+  """One key chunk of an online softmax: logits x [..., M, C] (masked ones -inf) and values
+  v [..., C, D] folded into the running (acc [..., M, D], max m and denominator [..., M, 1]).
+  Rows with no visible key so far keep m = -inf, acc = denom = 0."""
+  m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(x, axis=-1, keepdims=True)))
+  m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
+  alpha = jnp.exp(jnp.where(jnp.isfinite(m), m - m_safe, -jnp.inf))
+  p = jnp.exp(x - m_safe)
+  denom = alpha * denom + jnp.sum(p, axis=-1, keepdims=True)
+  acc = alpha * acc + jnp.einsum("...mc,...cd->...md", p.astype(v.dtype), v,
+                                 preferred_element_type=jnp.float32)
+  return acc, m_new, denom
+
+
 def _block(q_BKTGD, k_BKSD, v_BKSD, q_seg_BT=None, k_seg_BS=None, *, segs, q_pos, causal,
            window, sinks, softcap, key_chunk):
   """One query block (q already scaled) against its key spans: an online softmax over key chunks,
@@ -169,14 +183,7 @@ def _block(q_BKTGD, k_BKSD, v_BKSD, q_seg_BT=None, k_seg_BS=None, *, segs, q_pos
               sinks=sinks, q_segment=row_seg_BM[:, :, None],
               k_segment=k_seg_BS[:, None, lo:hi])[:, None]
         x = jnp.where(ok, x, -jnp.inf)
-      m_new = jax.lax.stop_gradient(jnp.maximum(m, jnp.max(x, axis=-1, keepdims=True)))
-      m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-      alpha = jnp.exp(jnp.where(jnp.isfinite(m), m - m_safe, -jnp.inf))
-      p = jnp.exp(x - m_safe)
-      denom = alpha * denom + jnp.sum(p, axis=-1, keepdims=True)
-      acc = alpha * acc + jnp.einsum("bkms,bksd->bkmd", p.astype(v_BKSD.dtype),
-                                     v_BKSD[:, :, lo:hi], preferred_element_type=jnp.float32)
-      m = m_new
+      acc, m, denom = online_softmax_step(x, v_BKSD[:, :, lo:hi], acc, m, denom)
   o = acc / jnp.where(denom == 0, 1.0, denom)  # rows with no visible key give 0
   return o.reshape(b, hk, t, g, d).astype(q_BKTGD.dtype)
 

@@ -25,12 +25,14 @@ import jax
 import jax.numpy as jnp
 
 from jaxllm.attention import masks
+from jaxllm.attention.methods import dense
 
 _NEG = -jnp.inf
 
 
 def _plan(t, s, block_q, key_chunk, causal, window):
-  """Per-block key span [lo, hi) bounds as functions of the block index (traced ints)."""
+  """The key span [lo, hi) and chunk count of block i (traced ints), and whether the chunks
+  strictly inside a span need no mask."""
   offset = s - t
 
   def span(i):
@@ -46,7 +48,10 @@ def _plan(t, s, block_q, key_chunk, causal, window):
     n = (hi - lo + key_chunk - 1) // key_chunk
     return lo, hi, n
 
-  return span
+  # Without a window, keys strictly between the diagonal chunk and the leftmost one are seen by
+  # every query of the block (a causal block spans at most one chunk).
+  full_inside = window is None and (not causal or block_q <= key_chunk)
+  return span, full_inside
 
 
 def _logits(q_MD, k_CD, softcap):
@@ -58,33 +63,34 @@ def _logits(q_MD, k_CD, softcap):
 
 
 def _chunk_ok(rows, cols, lo, causal, window, sinks, sink_hi=None):
+  """The mask of a chunk: visible, at or above ``lo`` (not in the left padding), and for the
+  sink chunk below ``sink_hi`` (the sinks the span's chunks do not count)."""
   ok = masks.visible_pairs(rows[:, None], cols[None, :], causal=causal, window=window,
                            sinks=sinks) & (cols >= lo)[None, :]
-  if sinks and window is not None:
-    # The chunks count keys in [lo, hi); the sink chunk takes the sinks below lo.
-    ok = ok if sink_hi is None else ok & (cols < sink_hi)[None, :]
-  return ok
+  return ok if sink_hi is None else ok & (cols < sink_hi)[None, :]
 
 
-def _chunks(chunk, carry, lo, hi, n, key_chunk, *, full_inside):
+def _chunks(chunk, carry, lo, hi, n, key_chunk, *, full_inside, sinks):
   """Runs ``chunk`` over the n chunks ending at ``hi``: the first (the diagonal) and the last
   (reaching below ``lo``) masked, the ones between unmasked when ``full_inside`` (every query of
-  the block sees every key strictly inside the span), masked otherwise."""
+  the block sees every key strictly inside the span), masked otherwise; then, with ``sinks``,
+  one chunk of the first ``sinks`` keys, those below ``lo``."""
   c = lambda j: hi - (j + 1) * key_chunk
   if not full_inside:
-    return jax.lax.fori_loop(0, n, lambda j, x: chunk(c(j), x), carry)
-  carry = chunk(c(0), carry)
-  carry = jax.lax.fori_loop(1, n - 1, lambda j, x: chunk(c(j), x, masked=False), carry)
-  return jax.lax.cond(n >= 2, lambda x: chunk(c(n - 1), x), lambda x: x, carry)
+    carry = jax.lax.fori_loop(0, n, lambda j, x: chunk(c(j), x), carry)
+  else:
+    carry = chunk(c(0), carry)
+    carry = jax.lax.fori_loop(1, n - 1, lambda j, x: chunk(c(j), x, masked=False), carry)
+    carry = jax.lax.cond(n >= 2, lambda x: chunk(c(n - 1), x), lambda x: x, carry)
+  if sinks:
+    carry = chunk(0, carry, sink_hi=jnp.minimum(sinks, lo), size=sinks)
+  return carry
 
 
 def _forward(q_NBKMD, k_pad, v_pad, *, t, s, block_q, g, key_chunk, causal, window, sinks,
              softcap):
   """Output [NB, B, K, M, D] (float32) and log-sum-exp [NB, B, K, M] of every query block."""
-  span = _plan(t, s, block_q, key_chunk, causal, window)
-  # Without a window, keys strictly between the diagonal chunk and the leftmost one are seen by
-  # every query of the block (a causal block spans at most one chunk).
-  full_inside = window is None and (not causal or block_q <= key_chunk)
+  span, full_inside = _plan(t, s, block_q, key_chunk, causal, window)
   offset = s - t
   _, b, hk, m_rows, d = q_NBKMD.shape
   pad = key_chunk
@@ -102,21 +108,13 @@ def _forward(q_NBKMD, k_pad, v_pad, *, t, s, block_q, g, key_chunk, causal, wind
         cols = c0 + jnp.arange(size)
         x = jnp.where(_chunk_ok(rows, cols, 0 if sink_hi is not None else lo, causal, window,
                                 sinks, sink_hi), x, _NEG)
-      m_new = jnp.maximum(mx, jnp.max(x, axis=-1, keepdims=True))
-      m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)
-      alpha = jnp.exp(mx - m_safe)
-      p = jnp.exp(x - m_safe)
-      den = alpha * den + jnp.sum(p, axis=-1, keepdims=True)
-      acc = alpha * acc + jnp.einsum("bkmc,bkcd->bkmd", p.astype(v_c.dtype), v_c,
-                                     preferred_element_type=jnp.float32)
-      return acc, m_new, den
+      return dense.online_softmax_step(x, v_c, acc, mx, den)
 
     carry = (jnp.zeros((b, hk, m_rows, d), jnp.float32),
              jnp.full((b, hk, m_rows, 1), _NEG, jnp.float32),
              jnp.zeros((b, hk, m_rows, 1), jnp.float32))
-    carry = _chunks(chunk, carry, lo, hi, n, key_chunk, full_inside=full_inside)
-    if sinks and window is not None:
-      carry = chunk(0, carry, sink_hi=jnp.minimum(sinks, lo), size=min(sinks, s))
+    carry = _chunks(chunk, carry, lo, hi, n, key_chunk, full_inside=full_inside,
+                    sinks=min(sinks, s) if window is not None else 0)
     acc, mx, den = carry
     o = acc / jnp.where(den == 0, 1.0, den)
     lse = jnp.where(den == 0, _NEG, mx + jnp.log(jnp.where(den == 0, 1.0, den)))
@@ -133,10 +131,7 @@ def _forward(q_NBKMD, k_pad, v_pad, *, t, s, block_q, g, key_chunk, causal, wind
 
 def _backward(q_NBKMD, k_pad, v_pad, o_NBKMD, lse_NBKM, do_NBKMD, *, t, s, block_q, g, key_chunk,
               causal, window, sinks, softcap):
-  span = _plan(t, s, block_q, key_chunk, causal, window)
-  # Without a window, keys strictly between the diagonal chunk and the leftmost one are seen by
-  # every query of the block (a causal block spans at most one chunk).
-  full_inside = window is None and (not causal or block_q <= key_chunk)
+  span, full_inside = _plan(t, s, block_q, key_chunk, causal, window)
   offset = s - t
   pad = key_chunk
   delta_NBKM = jnp.sum(o_NBKMD.astype(jnp.float32) * do_NBKMD.astype(jnp.float32), axis=-1)
@@ -176,9 +171,8 @@ def _backward(q_NBKMD, k_pad, v_pad, o_NBKMD, lse_NBKM, do_NBKMD, *, t, s, block
       return dq, dk_acc, dv_acc
 
     carry = (jnp.zeros(q_MD.shape, jnp.float32), dk_acc, dv_acc)
-    carry = _chunks(chunk, carry, lo, hi, n, key_chunk, full_inside=full_inside)
-    if sinks and window is not None:
-      carry = chunk(0, carry, sink_hi=jnp.minimum(sinks, lo), size=min(sinks, s))
+    carry = _chunks(chunk, carry, lo, hi, n, key_chunk, full_inside=full_inside,
+                    sinks=min(sinks, s) if window is not None else 0)
     return carry
 
   def step(carry, xs):
@@ -216,36 +210,37 @@ def _pad_keys(k, key_chunk):
   return jnp.pad(jnp.swapaxes(k, 1, 2), ((0, 0), (0, 0), (key_chunk, 0), (0, 0)))
 
 
+def _sizes(cfg, t, s, h, hkv):
+  block_q, key_chunk, causal, window, sinks, softcap, _ = cfg
+  return dict(t=t, s=s, block_q=block_q, g=h // hkv, key_chunk=key_chunk, causal=causal,
+              window=window, sinks=sinks, softcap=softcap)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def _attend(q, k, v, cfg):
   return _attend_fwd(q, k, v, cfg)[0]
 
 
 def _attend_fwd(q, k, v, cfg):
-  block_q, key_chunk, causal, window, sinks, softcap, scale = cfg
-  b, t, h, d = q.shape
+  block_q, key_chunk, scale = cfg[0], cfg[1], cfg[-1]
+  t, h = q.shape[1], q.shape[2]
   s, hkv = k.shape[1], k.shape[2]
-  kw = dict(t=t, s=s, block_q=block_q, g=h // hkv, key_chunk=key_chunk, causal=causal,
-            window=window, sinks=sinks, softcap=softcap)
   q_s = _split((q.astype(jnp.float32) * scale).astype(q.dtype), block_q, hkv)
-  o, lse = _forward(q_s, _pad_keys(k, key_chunk), _pad_keys(v, key_chunk), **kw)
-  out = _merge(o, t, h).astype(q.dtype)
-  return out, (q, k, v, o.astype(q.dtype), lse)
+  k_pad, v_pad = _pad_keys(k, key_chunk), _pad_keys(v, key_chunk)
+  o, lse = _forward(q_s, k_pad, v_pad, **_sizes(cfg, t, s, h, hkv))
+  return _merge(o, t, h).astype(q.dtype), (q_s, k_pad, v_pad, o.astype(q.dtype), lse)
 
 
 def _attend_bwd(cfg, res, d_out):
-  block_q, key_chunk, causal, window, sinks, softcap, scale = cfg
-  q, k, v, o, lse = res
-  b, t, h, d = q.shape
-  s, hkv = k.shape[1], k.shape[2]
-  kw = dict(t=t, s=s, block_q=block_q, g=h // hkv, key_chunk=key_chunk, causal=causal,
-            window=window, sinks=sinks, softcap=softcap)
-  q_s = _split((q.astype(jnp.float32) * scale).astype(q.dtype), block_q, hkv)
+  block_q, key_chunk, scale = cfg[0], cfg[1], cfg[-1]
+  q_s, k_pad, v_pad, o, lse = res
+  t, h = d_out.shape[1], d_out.shape[2]
+  hkv, s = k_pad.shape[1], k_pad.shape[2] - key_chunk
   do = _split(d_out, block_q, hkv)
-  dq, dk, dv = _backward(q_s, _pad_keys(k, key_chunk), _pad_keys(v, key_chunk), o, lse, do, **kw)
-  dq = (_merge(dq, t, h) * scale).astype(q.dtype)
-  dk = jnp.swapaxes(dk[:, :, key_chunk:], 1, 2).astype(k.dtype)
-  dv = jnp.swapaxes(dv[:, :, key_chunk:], 1, 2).astype(v.dtype)
+  dq, dk, dv = _backward(q_s, k_pad, v_pad, o, lse, do, **_sizes(cfg, t, s, h, hkv))
+  dq = (_merge(dq, t, h) * scale).astype(q_s.dtype)
+  dk = jnp.swapaxes(dk[:, :, key_chunk:], 1, 2).astype(k_pad.dtype)
+  dv = jnp.swapaxes(dv[:, :, key_chunk:], 1, 2).astype(v_pad.dtype)
   return dq, dk, dv
 
 
